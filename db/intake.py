@@ -1,0 +1,270 @@
+"""Events in, outcomes out: R1, R2 and R6.
+
+A manual creation is charged and stored in one transaction, behind the
+account's balance lock, so a profile never exists without its charge and two
+deliveries of one request cannot both charge. Leads are stored first by the
+HTTP receiver (the inbox) and turned into free profiles here.
+
+A refused or invalid manual creation keeps no idempotency key: once the agent
+has bought credits (or the main app has fixed the message) the same
+``request_id`` may be sent again and is then processed afresh.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from db import ledger
+from db.errors import NotFound
+from db.models import ClientProfile, Event, Source
+from schemas.common import FINAL_STATUSES, Bucket, Channel, Status
+from schemas.leads import LeadProfile
+from schemas.messages import CreateManualProfile, ProfileOutcome, Remaining
+
+#: refusal reasons
+INSUFFICIENT_CREDITS = "insufficient_credits"
+UNKNOWN_ACCOUNT = "unknown_account"
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def manual_key(account_id: str, request_id: str) -> str:
+    return f"manual:{account_id}:{request_id}"
+
+
+def hook_key(source_id: str, webhook_id: str) -> str:
+    return f"hook:{source_id}:{webhook_id}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How an event ended; ``message()`` is what goes on ``profile_outcomes``."""
+
+    event_id: str
+    account_id: str
+    request_id: str
+    status: Status
+    source: str
+    profile_id: str | None = None
+    charged_bucket: Bucket | None = None
+    reason: str | None = None
+    duplicate_of: str | None = None
+    remaining: Remaining | None = None
+    errors: list[Any] | None = None
+    profile: dict[str, Any] | None = field(default=None)
+
+    def message(self) -> ProfileOutcome:
+        return ProfileOutcome(
+            account_id=self.account_id, request_id=self.request_id, event_id=self.event_id,
+            status=self.status, source=self.source, profile_id=self.profile_id,
+            charged_bucket=self.charged_bucket, reason=self.reason,
+            duplicate_of=self.duplicate_of, remaining=self.remaining, profile=self.profile,
+        )
+
+
+def outcome_of(event: Event, *, duplicate: bool = False) -> Outcome:
+    """The outcome recorded on ``event``; as a ``duplicate`` pointing at it when asked."""
+    return Outcome(
+        event_id=event.id, account_id=event.account_id,
+        request_id=event.external_id or event.id,
+        status=Status.duplicate if duplicate else Status(event.status), source=event.channel,
+        profile_id=event.profile_id,
+        charged_bucket=None if duplicate or not event.charged_bucket
+        else Bucket(event.charged_bucket),
+        reason=event.reason, duplicate_of=event.id if duplicate else None,
+        errors=event.errors,
+    )
+
+
+def create_manual_profile(session: Session, msg: CreateManualProfile, *,
+                          message_id: str | None, now: datetime) -> Outcome:
+    """Store a manual profile and charge one credit for it, or refuse (R1, R2, R6).
+
+    The same message delivered again returns the first outcome unchanged; the
+    same request in another message returns ``duplicate``.
+    """
+    key = manual_key(msg.account_id, msg.request_id)
+    event = Event(id=new_id("evt"), account_id=msg.account_id, channel=Channel.manual.value,
+                  external_id=msg.request_id, message_id=message_id,
+                  payload=_redacted_manual(msg), received_at=now, processed_at=now, attempts=1)
+    try:
+        ledger.lock_balance(session, msg.account_id, now)
+    except NotFound:
+        return _refuse(session, event, UNKNOWN_ACCOUNT, remaining=None)
+    existing = session.execute(select(Event).where(Event.dedupe_key == key)).scalar_one_or_none()
+    if existing is not None:
+        return outcome_of(existing, duplicate=existing.message_id != message_id)
+    result = ledger.charge(session, msg.account_id, event_id=event.id, now=now)
+    if result.refused:
+        balance = result.balance
+        return _refuse(session, event, INSUFFICIENT_CREDITS, remaining=Remaining(
+            monthly_remaining=balance.monthly_remaining, extra_remaining=balance.extra_remaining,
+            renews_at=balance.period_end))
+    client = msg.client
+    profile = ClientProfile(
+        id=new_id("prf"), account_id=msg.account_id, source=Channel.manual.value,
+        event_id=event.id, first_name=client.first_name, last_name=client.last_name,
+        email=client.email, phone=client.phone, date_of_birth=client.date_of_birth,
+        state=client.state, extra=dict(client.extra), created_by=msg.created_by, created_at=now)
+    event.dedupe_key = key
+    event.status = Status.created.value
+    event.profile_id = profile.id
+    event.charged_bucket = result.bucket.value if result.bucket else None
+    session.add(event)
+    session.flush()
+    session.add(profile)
+    session.flush()
+    return outcome_of(event)
+
+
+def _refuse(session: Session, event: Event, reason: str,
+            remaining: Remaining | None) -> Outcome:
+    event.status = Status.refused.value
+    event.reason = reason
+    session.add(event)
+    session.flush()
+    outcome = outcome_of(event)
+    outcome.remaining = remaining
+    return outcome
+
+
+def _redacted_manual(msg: CreateManualProfile) -> dict[str, Any]:
+    """The message as stored on the event: the profile itself lives in its own row."""
+    return {"request_id": msg.request_id, "account_id": msg.account_id,
+            "created_by": msg.created_by, "occurred_at": msg.occurred_at.isoformat()}
+
+
+def record_invalid(session: Session, *, channel: Channel, raw: Any, errors: list[Any],
+                   message_id: str | None, now: datetime,
+                   source_id: str | None = None) -> Outcome:
+    """Keep a message that failed validation, with its errors and its raw body."""
+    account_id = raw.get("account_id") if isinstance(raw, dict) else None
+    request_id = raw.get("request_id") if isinstance(raw, dict) else None
+    event = Event(id=new_id("evt"), account_id=str(account_id or "")[:128],
+                  channel=channel.value, source_id=source_id,
+                  external_id=str(request_id)[:200] if request_id is not None else None,
+                  message_id=message_id, status=Status.invalid.value, reason="invalid_message",
+                  raw_body=_dump(raw), errors=errors, received_at=now, processed_at=now,
+                  attempts=1)
+    session.add(event)
+    session.flush()
+    return outcome_of(event)
+
+
+def _dump(raw: Any) -> str:
+    if isinstance(raw, str | bytes):
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    try:
+        return json.dumps(raw, default=str)
+    except (TypeError, ValueError):
+        return repr(raw)
+
+
+# -- leads ----------------------------------------------------------------------------
+
+def record_lead(session: Session, source: Source, *, webhook_id: str, raw_body: str,
+                content_type: str, lead: LeadProfile | None, errors: list[Any] | None,
+                now: datetime) -> tuple[Event, bool]:
+    """Store a webhook as an event row before anything else (the inbox).
+
+    :returns: the event and whether it is new; a known ``webhook-id`` of this
+        source returns the first event and stores nothing.
+    """
+    key = hook_key(source.id, webhook_id)
+    values = dict(
+        id=new_id("evt"), account_id=source.account_id, channel=source.kind,
+        source_id=source.id, dedupe_key=key, external_id=webhook_id,
+        status=Status.received.value if lead is not None else Status.invalid.value,
+        reason=None if lead is not None else "invalid_lead",
+        payload=lead.model_dump(mode="json") if lead is not None else None,
+        raw_body=raw_body, content_type=content_type, errors=errors, attempts=0,
+        received_at=now, processed_at=None if lead is not None else now,
+    )
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    inserted = session.execute(
+        insert(Event).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        .returning(Event.id)
+    ).scalar_one_or_none()
+    event = session.execute(select(Event).where(Event.dedupe_key == key)).scalar_one()
+    return event, inserted is not None
+
+
+def ingest_lead(session: Session, event_id: str, *, now: datetime) -> Outcome | None:
+    """Turn a stored lead into a free profile whose source is its channel (R1).
+
+    :returns: None when the event is missing or already done (a no-op).
+    """
+    event = session.execute(
+        select(Event).where(Event.id == event_id).with_for_update()
+    ).scalar_one_or_none()
+    if event is None or event.status in FINAL_STATUSES:
+        return None
+    lead = LeadProfile.model_validate(event.payload or {})
+    profile = ClientProfile(
+        id=new_id("prf"), account_id=event.account_id, source=event.channel,
+        source_id=event.source_id, event_id=event.id, first_name=lead.first_name,
+        last_name=lead.last_name, email=lead.email, phone=lead.phone,
+        date_of_birth=lead.date_of_birth, state=lead.state, extra=dict(lead.extra),
+        created_by=None, created_at=now)
+    session.add(profile)
+    event.status = Status.created.value
+    event.profile_id = profile.id
+    event.processed_at = now
+    event.attempts += 1
+    session.flush()
+    outcome = outcome_of(event)
+    outcome.profile = lead.model_dump(mode="json")
+    return outcome
+
+
+def mark_failed(session: Session, event_id: str, *, reason: str, now: datetime) -> Event | None:
+    """Record that an event exhausted its retries (it is dead-lettered)."""
+    event = session.execute(
+        select(Event).where(Event.id == event_id).with_for_update()
+    ).scalar_one_or_none()
+    if event is None or event.status in FINAL_STATUSES:
+        return event
+    event.status = Status.failed.value
+    event.reason = reason[:200]
+    event.processed_at = now
+    session.flush()
+    return event
+
+
+def get_event(session: Session, account_id: str, event_id: str) -> Event:
+    event = session.get(Event, event_id)
+    if event is None or event.account_id != account_id:
+        raise NotFound(f"no event {event_id!r} for account {account_id!r}")
+    return event
+
+
+def record_failed_manual(session: Session, raw: Any, *, reason: str, message_id: str | None,
+                         now: datetime) -> Outcome | None:
+    """Record a manual creation that exhausted its retries, unless it did succeed."""
+    if not isinstance(raw, dict):
+        return None
+    account_id, request_id = str(raw.get("account_id", "")), str(raw.get("request_id", ""))
+    existing = session.execute(
+        select(Event).where(Event.dedupe_key == manual_key(account_id, request_id))
+    ).scalar_one_or_none()
+    if existing is not None:
+        return None
+    event = Event(id=new_id("evt"), account_id=account_id[:128], channel=Channel.manual.value,
+                  external_id=request_id[:200], message_id=message_id,
+                  status=Status.failed.value, reason=reason[:200], received_at=now,
+                  processed_at=now, attempts=1)
+    session.add(event)
+    session.flush()
+    return outcome_of(event)

@@ -1,0 +1,340 @@
+"""The credit rules R3 to R8, in one place.
+
+Every function takes an open session, locks the balance row it changes, writes
+its ledger entries and the balance in that same transaction, and flushes; the
+caller's ``session_scope`` commits. Each write carries a unique idempotency key
+so that running it twice changes nothing more.
+
+Any operation on a balance first renews it when its period has ended, so the
+rules hold whether or not the scheduled renewal has run (R3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.errors import Conflict, NotFound, Rejected
+from db.models import Account, Balance, LedgerEntry, Plan
+from db.periods import period_bounds, period_of
+from schemas.common import CREDIT_PRICE_CENTS, Bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a manual creation cost: a bucket, or a refusal (R6)."""
+
+    bucket: Bucket | None
+    balance: Balance
+
+    @property
+    def refused(self) -> bool:
+        return self.bucket is None
+
+
+# -- plans ----------------------------------------------------------------------------
+
+def add_plan(session: Session, code: str, *, monthly: int | None, unlimited: bool,
+             now: datetime) -> Plan:
+    """Create a plan, or return it when an identical one exists.
+
+    :raises Conflict: when a plan with this code exists with other terms.
+    :raises Rejected: when the terms are contradictory.
+    """
+    if unlimited == (monthly is not None):
+        raise Rejected("a plan is either --unlimited or has a --monthly allowance")
+    if monthly is not None and monthly < 0:
+        raise Rejected("a monthly allowance cannot be negative")
+    plan = session.get(Plan, code)
+    if plan is not None:
+        if plan.unlimited != unlimited or plan.monthly_allowance != monthly:
+            raise Conflict(f"plan {code!r} exists with other terms")
+        return plan
+    plan = Plan(code=code, monthly_allowance=monthly, unlimited=unlimited, created_at=now)
+    session.add(plan)
+    session.flush()
+    return plan
+
+
+def get_plan(session: Session, code: str) -> Plan:
+    plan = session.get(Plan, code)
+    if plan is None:
+        raise NotFound(f"no plan {code!r}; see `casecredits plan list`")
+    return plan
+
+
+# -- accounts and plan changes (R7) -------------------------------------------------------
+
+def get_account(session: Session, account_id: str) -> Account:
+    account = session.get(Account, account_id)
+    if account is None:
+        raise NotFound(f"no account {account_id!r}")
+    return account
+
+
+def upsert_account(session: Session, account_id: str, *, plan_code: str,
+                   timezone: str | None, occurred_at: datetime, now: datetime) -> Account:
+    """Create an account with this month's allowance, or change its plan and zone.
+
+    An upgrade is immediate: the month's remaining monthly credits become the
+    new allowance minus what was used this month, never below zero. A downgrade
+    waits for the next renewal. Moving to an unlimited plan is immediate.
+    A message older than the last one applied changes nothing.
+
+    :raises NotFound: when the plan does not exist.
+    """
+    plan = get_plan(session, plan_code)
+    account = session.get(Account, account_id)
+    if account is None:
+        return _create_account(session, account_id, plan, timezone or "UTC", occurred_at, now)
+
+    balance = lock_balance(session, account_id, now)
+    if occurred_at < account.changed_at:
+        return account
+    account.changed_at = occurred_at
+    account.updated_at = now
+    if timezone and timezone != account.timezone:
+        account.timezone = timezone
+        balance.period_start, balance.period_end = period_bounds(balance.period, timezone)
+    if plan.code == account.plan_code:
+        account.pending_plan_code = None
+        return account
+    current = get_plan(session, account.plan_code)
+    if _is_downgrade(current, plan):
+        account.pending_plan_code = plan.code
+        return account
+    account.plan_code = plan.code
+    account.pending_plan_code = None
+    if plan.unlimited:
+        balance.unlimited = True
+        balance.monthly_allowance = None
+    else:
+        assert plan.monthly_allowance is not None
+        target = max(0, plan.monthly_allowance - balance.monthly_used)
+        balance.unlimited = False
+        balance.monthly_allowance = plan.monthly_allowance
+        _write(session, balance, kind="plan_change", bucket=Bucket.monthly,
+               amount=target - balance.monthly_remaining,
+               key=f"plan:{account_id}:{occurred_at.isoformat()}:{plan.code}",
+               reason=f"upgrade {current.code} -> {plan.code}", now=now)
+    balance.updated_at = now
+    session.flush()
+    return account
+
+
+def _is_downgrade(current: Plan, new: Plan) -> bool:
+    if new.unlimited:
+        return False
+    if current.unlimited:
+        return True
+    assert current.monthly_allowance is not None and new.monthly_allowance is not None
+    return new.monthly_allowance < current.monthly_allowance
+
+
+def _create_account(session: Session, account_id: str, plan: Plan, timezone: str,
+                    occurred_at: datetime, now: datetime) -> Account:
+    account = Account(id=account_id, plan_code=plan.code, timezone=timezone,
+                      changed_at=occurred_at, created_at=now, updated_at=now)
+    session.add(account)
+    period = period_of(now, timezone)
+    start, end = period_bounds(period, timezone)
+    balance = Balance(account_id=account_id, period=period, period_start=start, period_end=end,
+                      monthly_allowance=plan.monthly_allowance, unlimited=plan.unlimited,
+                      monthly_used=0, monthly_remaining=0, extra_remaining=0, unlimited_used=0,
+                      updated_at=now)
+    session.add(balance)
+    session.flush()
+    _write(session, balance, kind="grant",
+           bucket=Bucket.unlimited if plan.unlimited else Bucket.monthly,
+           amount=plan.monthly_allowance or 0, key=f"grant:{account_id}:{period}",
+           reason=f"plan {plan.code}", now=now)
+    return account
+
+
+# -- balances -------------------------------------------------------------------------
+
+def lock_balance(session: Session, account_id: str, now: datetime) -> Balance:
+    """Lock the account's balance row for this transaction, renewing it if due.
+
+    PostgreSQL takes a row lock (``FOR UPDATE``); SQLite already holds the
+    database's write lock from ``BEGIN IMMEDIATE``.
+
+    :raises NotFound: when the account does not exist.
+    """
+    balance = session.execute(
+        select(Balance).where(Balance.account_id == account_id).with_for_update()
+    ).scalar_one_or_none()
+    if balance is None:
+        raise NotFound(f"no account {account_id!r}")
+    if now >= balance.period_end:
+        _renew_locked(session, balance, now)
+    return balance
+
+
+def renew_account(session: Session, account_id: str, now: datetime) -> bool:
+    """Renew one account if its period has ended; True when it did."""
+    balance = session.execute(
+        select(Balance).where(Balance.account_id == account_id).with_for_update()
+    ).scalar_one_or_none()
+    if balance is None:
+        raise NotFound(f"no account {account_id!r}")
+    if now < balance.period_end:
+        return False
+    _renew_locked(session, balance, now)
+    return True
+
+
+def _renew_locked(session: Session, balance: Balance, now: datetime) -> None:
+    """Expire what is left of the monthly credits and grant the new month's (R3).
+
+    An account missed for several months is renewed once, for the month of
+    ``now``. A pending downgrade takes effect here (R7).
+    """
+    account = session.get(Account, balance.account_id)
+    assert account is not None
+    if account.pending_plan_code:
+        account.plan_code = account.pending_plan_code
+        account.pending_plan_code = None
+        account.updated_at = now
+    plan = get_plan(session, account.plan_code)
+    period = period_of(now, account.timezone)
+    if balance.monthly_remaining:
+        _write(session, balance, kind="expiry", bucket=Bucket.monthly,
+               amount=-balance.monthly_remaining, key=f"expire:{account.id}:{period}",
+               reason=f"unused monthly credits of {balance.period}", now=now, period=period)
+    balance.period = period
+    balance.period_start, balance.period_end = period_bounds(period, account.timezone)
+    balance.monthly_used = 0
+    balance.unlimited_used = 0
+    balance.unlimited = plan.unlimited
+    balance.monthly_allowance = plan.monthly_allowance
+    _write(session, balance, kind="grant",
+           bucket=Bucket.unlimited if plan.unlimited else Bucket.monthly,
+           amount=plan.monthly_allowance or 0, key=f"grant:{account.id}:{period}",
+           reason=f"plan {plan.code}", now=now, period=period)
+    balance.updated_at = now
+
+
+def charge(session: Session, account_id: str, *, event_id: str, now: datetime) -> Charge:
+    """Charge one credit for a new manual profile, or refuse (R4, R5, R6).
+
+    Monthly credits go first, then extra ones; unlimited plans record usage
+    and are never refused. A refusal writes nothing.
+    """
+    balance = lock_balance(session, account_id, now)
+    key = f"charge:{event_id}"
+    if balance.unlimited:
+        balance.unlimited_used += 1
+        _write(session, balance, kind="unlimited_usage", bucket=Bucket.unlimited, amount=0,
+               key=key, event_id=event_id, now=now)
+        return Charge(Bucket.unlimited, balance)
+    if balance.monthly_remaining > 0:
+        balance.monthly_used += 1
+        _write(session, balance, kind="charge", bucket=Bucket.monthly, amount=-1, key=key,
+               event_id=event_id, now=now)
+        return Charge(Bucket.monthly, balance)
+    if balance.extra_remaining > 0:
+        _write(session, balance, kind="charge", bucket=Bucket.extra, amount=-1, key=key,
+               event_id=event_id, now=now)
+        return Charge(Bucket.extra, balance)
+    return Charge(None, balance)
+
+
+def purchase(session: Session, *, purchase_id: str, account_id: str, quantity: int,
+             amount_cents: int, now: datetime) -> tuple[LedgerEntry, bool]:
+    """Add bought extra credits, once per ``purchase_id`` (R4).
+
+    :returns: the ledger entry and whether it was written now (False: a repeat).
+    :raises Conflict: when ``purchase_id`` was used for another account or quantity.
+    :raises Rejected: when the amount is not quantity x 900 cents.
+    """
+    if not 1 <= quantity <= 10_000:
+        raise Rejected("quantity must be between 1 and 10000")
+    if amount_cents != quantity * CREDIT_PRICE_CENTS:
+        raise Rejected(f"amount_cents must be {quantity * CREDIT_PRICE_CENTS} for {quantity}")
+    key = f"purchase:{purchase_id}"
+    balance = lock_balance(session, account_id, now)
+    existing = session.execute(
+        select(LedgerEntry).where(LedgerEntry.idempotency_key == key)
+    ).scalar_one_or_none()
+    if existing is not None:
+        if existing.account_id != account_id or existing.amount != quantity:
+            raise Conflict(f"purchase {purchase_id!r} was recorded with other terms")
+        return existing, False
+    entry = _write(session, balance, kind="purchase", bucket=Bucket.extra, amount=quantity,
+                   key=key, reference=purchase_id, reason=f"{amount_cents} cents", now=now)
+    return entry, True
+
+
+def adjust(session: Session, account_id: str, *, amount: int, bucket: Bucket, reason: str,
+           actor: str, now: datetime, key: str) -> LedgerEntry:
+    """An operator's correction of one bucket, recorded with who and why.
+
+    :raises Rejected: for a zero amount, an empty reason, the unlimited bucket,
+        or a correction that would take the bucket below zero.
+    """
+    if amount == 0:
+        raise Rejected("an adjustment of zero changes nothing")
+    if not reason.strip():
+        raise Rejected("an adjustment needs a --reason")
+    if bucket not in (Bucket.monthly, Bucket.extra):
+        raise Rejected("adjust the monthly or the extra bucket")
+    balance = lock_balance(session, account_id, now)
+    current = balance.monthly_remaining if bucket is Bucket.monthly else balance.extra_remaining
+    if current + amount < 0:
+        raise Rejected(f"the {bucket} bucket holds {current}; {amount} would take it below zero")
+    return _write(session, balance, kind="adjustment", bucket=bucket, amount=amount, key=key,
+                  reason=reason, actor=actor, now=now)
+
+
+def _write(session: Session, balance: Balance, *, kind: str, bucket: Bucket, amount: int,
+           key: str, now: datetime, event_id: str | None = None, reference: str | None = None,
+           reason: str | None = None, actor: str | None = None,
+           period: str | None = None) -> LedgerEntry:
+    """Apply ``amount`` to the balance and append its ledger entry (R8)."""
+    if bucket is Bucket.monthly:
+        balance.monthly_remaining += amount
+    elif bucket is Bucket.extra:
+        balance.extra_remaining += amount
+    balance.updated_at = now
+    entry = LedgerEntry(account_id=balance.account_id, kind=kind, bucket=bucket.value,
+                        amount=amount, period=period or balance.period, idempotency_key=key,
+                        event_id=event_id, reference=reference, reason=reason, actor=actor,
+                        monthly_after=balance.monthly_remaining,
+                        extra_after=balance.extra_remaining, created_at=now)
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+# -- verification ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    account_id: str
+    bucket: str
+    balance: int
+    ledger: int
+
+
+def verify(session: Session) -> list[Mismatch]:
+    """Every account whose balance differs from the sum of its ledger (R8)."""
+    sums: dict[tuple[str, str], int] = {
+        (account_id, bucket): int(total)
+        for account_id, bucket, total in session.execute(
+            select(LedgerEntry.account_id, LedgerEntry.bucket, func.sum(LedgerEntry.amount))
+            .where(LedgerEntry.bucket.in_([Bucket.monthly.value, Bucket.extra.value]))
+            .group_by(LedgerEntry.account_id, LedgerEntry.bucket)
+        )
+    }
+    out: list[Mismatch] = []
+    for balance in session.execute(select(Balance)).scalars():
+        for bucket, held in ((Bucket.monthly, balance.monthly_remaining),
+                             (Bucket.extra, balance.extra_remaining)):
+            summed = sums.get((balance.account_id, bucket.value), 0)
+            if summed != held or held < 0:
+                out.append(Mismatch(balance.account_id, bucket.value, held, summed))
+    return out

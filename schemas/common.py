@@ -1,0 +1,108 @@
+"""Types shared by messages, leads and views."""
+
+from __future__ import annotations
+
+import enum
+import re
+from datetime import date, datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+#: cents; the price of one extra credit (R4)
+CREDIT_PRICE_CENTS = 900
+
+
+class Channel(enum.StrEnum):
+    """Where an event came in; it alone decides the profile's source (R1)."""
+
+    manual = "manual"
+    website = "website"
+    funnel = "funnel"
+
+
+class Bucket(enum.StrEnum):
+    """Which balance a charge came out of."""
+
+    monthly = "monthly"
+    extra = "extra"
+    unlimited = "unlimited"
+
+
+class Status(enum.StrEnum):
+    """The status of an event; every event ends in one of the last five."""
+
+    received = "received"
+    created = "created"
+    duplicate = "duplicate"
+    refused = "refused"
+    invalid = "invalid"
+    failed = "failed"
+
+
+FINAL_STATUSES = frozenset(
+    {Status.created, Status.duplicate, Status.refused, Status.invalid, Status.failed}
+)
+
+
+class Strict(BaseModel):
+    """A model that rejects fields it does not know."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}; use an IANA name such as UTC") from exc
+    return name
+
+
+def _normalise_email(value: str) -> str:
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"not a valid email address: {exc}") from exc
+    return checked.normalized.lower()
+
+
+_PHONE_CHARS = re.compile(r"^[0-9+().\-\s/x]{3,40}$")
+
+
+def normalise_phone(value: str, *, region: str = "US") -> str:
+    """E.164 where the number parses as valid, else the digits as given.
+
+    :raises ValueError: when the value holds no phone number at all.
+    """
+    value = value.strip()
+    if not _PHONE_CHARS.match(value) or sum(c.isdigit() for c in value) < 3:
+        raise ValueError("not a phone number")
+    try:
+        parsed = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return value
+    if phonenumbers.is_valid_number(parsed):
+        return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return value
+
+
+TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64),
+                         AfterValidator(_check_timezone)]
+Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]
+Phone = Annotated[str, StringConstraints(max_length=40), AfterValidator(normalise_phone)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+ShortText = Annotated[str, StringConstraints(max_length=200)]
+ExtraMap = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
+                          Annotated[str, StringConstraints(max_length=1000)]],
+                     Field(max_length=50)]
+
+__all__ = [
+    "AwareDatetime", "Bucket", "CREDIT_PRICE_CENTS", "Channel", "Email", "ExtraMap",
+    "FINAL_STATUSES", "Identifier", "Name", "Phone", "ShortText", "Status", "Strict",
+    "TimeZoneName", "date", "datetime", "normalise_phone",
+]

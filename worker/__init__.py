@@ -1,0 +1,1 @@
+"""The worker side: settings, logging, the broker, actors, scheduler and CLI."""

@@ -1,0 +1,83 @@
+"""The dramatiq broker: Redis from ``REDIS_URL``, or the embedded one under ``var/``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.message import Message
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from db.errors import DomainError
+from worker import embedded
+from worker.settings import Settings, get_settings
+
+
+class InvalidMessage(Exception):
+    """A message whose payload does not fit its schema; never retried."""
+
+
+#: errors that retrying cannot fix: they fail the message at once (dead letter)
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (InvalidMessage, DomainError)
+
+
+def redis_url(settings: Settings) -> str:
+    """The broker's URL, starting the embedded redis-server when none is configured."""
+    if settings.redis_url:
+        return settings.redis_url
+    return embedded.ensure_running(settings.var_dir)
+
+
+def _retry_when(retries: int, exc: BaseException) -> bool:
+    return not isinstance(exc, PERMANENT_ERRORS) and retries < get_settings().max_retries
+
+
+def build_broker(settings: Settings | None = None) -> RedisBroker:
+    """A Redis broker with our retry policy and the middleware the actors need."""
+    from worker.middleware import BindLogContext, RecordFailure
+
+    settings = settings or get_settings()
+    middleware: list[Any] = [
+        AgeLimit(), TimeLimit(time_limit=600_000), ShutdownNotifications(), Callbacks(),
+        Pipelines(),
+        Retries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms,
+                retry_when=_retry_when),
+        CurrentMessage(), BindLogContext(), RecordFailure(),
+    ]
+    broker = RedisBroker(url=redis_url(settings), middleware=middleware,
+                         namespace=settings.broker_namespace,
+                         heartbeat_timeout=settings.heartbeat_timeout_ms,
+                         maintenance_chance=settings.maintenance_chance)
+    return broker
+
+
+def setup() -> RedisBroker:
+    """Build the broker and make it dramatiq's global one (idempotent)."""
+    current = dramatiq.get_broker() if _has_broker() else None
+    if isinstance(current, RedisBroker):
+        return current
+    broker = build_broker()
+    dramatiq.set_broker(broker)
+    return broker
+
+
+def _has_broker() -> bool:
+    import dramatiq.broker as b
+
+    return getattr(b, "global_broker", None) is not None
+
+
+def publish(queue_name: str, actor_name: str, payload: dict[str, Any]) -> None:
+    """Send a message to an actor we do not run (``profile_outcome``, the main app's)."""
+    broker = dramatiq.get_broker()
+    broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name, args=(payload,),
+                           kwargs={}, options={}))
