@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db import renewal
 from db.errors import Conflict, NotFound, Rejected
 from db.models import Account, Balance, LedgerEntry, Plan
 from db.periods import period_bounds, period_of
@@ -188,34 +189,23 @@ def renew_account(session: Session, account_id: str, now: datetime) -> bool:
 
 
 def _renew_locked(session: Session, balance: Balance, now: datetime) -> None:
-    """Expire what is left of the monthly credits and grant the new month's (R3).
+    """Renew one locked, due balance (R3): ``renewal.renew_locked`` for one account.
 
-    An account missed for several months is renewed once, for the month of
-    ``now``. A pending downgrade takes effect here (R7).
+    The scheduled renewal runs the same statements over chunks of accounts, so
+    both paths write the same ledger: the expiry of what is left of the monthly
+    credits, the new month's grant, and a pending downgrade applied (R7). An
+    account missed for several months is renewed once, for the month of ``now``.
+
+    :raises Conflict: when the grant for this period exists while the balance
+        still shows an earlier one (the ledger and the balance disagree).
     """
     account = session.get(Account, balance.account_id)
     assert account is not None
-    if account.pending_plan_code:
-        account.plan_code = account.pending_plan_code
-        account.pending_plan_code = None
-        account.updated_at = now
-    plan = get_plan(session, account.plan_code)
-    period = period_of(now, account.timezone)
-    if balance.monthly_remaining:
-        _write(session, balance, kind="expiry", bucket=Bucket.monthly,
-               amount=-balance.monthly_remaining, key=f"expire:{account.id}:{period}",
-               reason=f"unused monthly credits of {balance.period}", now=now, period=period)
-    balance.period = period
-    balance.period_start, balance.period_end = period_bounds(period, account.timezone)
-    balance.monthly_used = 0
-    balance.unlimited_used = 0
-    balance.unlimited = plan.unlimited
-    balance.monthly_allowance = plan.monthly_allowance
-    _write(session, balance, kind="grant",
-           bucket=Bucket.unlimited if plan.unlimited else Bucket.monthly,
-           amount=plan.monthly_allowance or 0, key=f"grant:{account.id}:{period}",
-           reason=f"plan {plan.code}", now=now, period=period)
-    balance.updated_at = now
+    if not renewal.renew_locked(session, [(account.id, account.timezone)], now=now):
+        raise Conflict(f"account {account.id!r} is due but already renewed for "
+                       f"{period_of(now, account.timezone)}; run `ledger verify`")
+    session.refresh(account)
+    session.refresh(balance)
 
 
 def charge(session: Session, account_id: str, *, event_id: str, now: datetime) -> Charge:

@@ -46,12 +46,15 @@ def build_broker(settings: Settings | None = None) -> RedisBroker:
     from worker.middleware import BindLogContext, RecordFailure
 
     settings = settings or get_settings()
+    # dramatiq runs the ``after_*`` hooks in reverse order: RecordFailure must
+    # come before Retries to see its verdict, BindLogContext first to unbind last.
     middleware: list[Any] = [
+        BindLogContext(), RecordFailure(),
         AgeLimit(), TimeLimit(time_limit=600_000), ShutdownNotifications(), Callbacks(),
         Pipelines(),
         Retries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms,
                 retry_when=_retry_when),
-        CurrentMessage(), BindLogContext(), RecordFailure(),
+        CurrentMessage(),
     ]
     broker = RedisBroker(url=redis_url(settings), middleware=middleware,
                          namespace=settings.broker_namespace,

@@ -27,8 +27,13 @@ PERSONAL_FIELDS = frozenset({
     "dob", "birth_date", "client", "profile", "payload", "body", "raw_body",
 })
 REDACTED = "[redacted]"
+#: fields we write ourselves and that hold no personal data
+SAFE_FIELDS = frozenset({"timestamp", "level", "logger", "message_id", "event_id"})
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{6,}\d")
+_PHONE = re.compile(
+    r"(?<![\w+])\+\d{7,15}(?!\w)"  # E.164
+    r"|(?<![\w-])(?:\+?\d{1,3}[\s.-]?)?\(?\d{3}\)?[\s.-]?\d{3}[\s.-]?\d{4}(?![\w-])"
+)
 
 
 def scrub(text: str) -> str:
@@ -37,6 +42,8 @@ def scrub(text: str) -> str:
 
 
 def _redact_value(key: str, value: Any) -> Any:
+    if key in SAFE_FIELDS:
+        return value
     if key in PERSONAL_FIELDS and value is not None:
         return REDACTED
     if isinstance(value, str):
