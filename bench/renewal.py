@@ -67,7 +67,9 @@ SELECT a.id, %(period)s, z.period_start, z.period_end, p.monthly_allowance, p.un
 FROM accounts a JOIN plans p ON p.code = a.plan_code
 JOIN unnest(%(zones)s::text[], %(starts)s::timestamptz[], %(ends)s::timestamptz[])
      AS z(tz, period_start, period_end) ON z.tz = a.timezone,
-LATERAL (SELECT least(coalesce(p.monthly_allowance, 0), right(a.id, 6)::int %% 4) AS used) u;
+LATERAL (SELECT least(coalesce(p.monthly_allowance, 0), right(a.id, 6)::int %% 4) AS used) u
+"""
+ENTRIES: LiteralString = """
 INSERT INTO ledger_entries (account_id, kind, bucket, amount, period, idempotency_key, reason,
                             monthly_after, extra_after, created_at)
 SELECT account_id, kind, bucket, amount, %(period)s, key, reason, m, x, %(t)s FROM (
@@ -85,8 +87,7 @@ SELECT account_id, kind, bucket, amount, %(period)s, key, reason, m, x, %(t)s FR
   SELECT account_id, 3, 'adjustment', 'monthly', -monthly_used, 'adjust:bench-' || account_id,
          'bench: usage', monthly_remaining, extra_remaining
   FROM balances WHERE monthly_used > 0
-) AS e ORDER BY account_id, n;
-ANALYZE;
+) AS e ORDER BY account_id, n
 """
 
 
@@ -101,6 +102,9 @@ def load(url: str, *, accounts: int, single: int) -> None:
         conn.execute(BALANCES, {"period": PERIOD, "zones": list(ZONES),
                                 "starts": [b[0] for b in bounds],
                                 "ends": [b[1] for b in bounds], "t": CREATED_AT})
+        conn.execute(ENTRIES, {"period": PERIOD, "t": CREATED_AT})
+        conn.commit()
+        conn.execute("ANALYZE")
 
 
 def main() -> None:

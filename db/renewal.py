@@ -22,13 +22,13 @@ on PostgreSQL and on SQLite (3.35 or newer).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    String,
     Table,
     any_,
     bindparam,
@@ -37,10 +37,12 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Subquery
 
 from db.engine import session_scope
 from db.models import Account, Balance, LedgerEntry, Plan, UTCDateTime
@@ -70,63 +72,78 @@ def renew_locked(session: Session, due: Iterable[tuple[str, str]], *, now: datet
 
     :returns: how many accounts were renewed.
     """
+    due = list(due)
+    if not due:
+        return 0
     session.flush()
-    by_zone: dict[str, list[str]] = defaultdict(list)
-    for account_id, tz in due:
-        by_zone[tz].append(account_id)
-    return sum(_renew_zone(session, ids, tz=tz, now=now) for tz, ids in by_zone.items())
-
-
-def _renew_zone(session: Session, ids: Sequence[str], *, tz: str, now: datetime) -> int:
-    period = period_of(now, tz)
-    start, end = period_bounds(period, tz)
     b, a, p = _balances.c, _accounts.c, _plans.c
     at = literal(now, UTCDateTime())
-    grant_key = literal("grant:") + b.account_id + literal(f":{period}")
+    periods = _periods({tz for _, tz in due}, now)
+    z = periods.c
+    grant_key = literal("grant:") + b.account_id + literal(":") + z.period
+    granted = exists().where(_entries.c.idempotency_key == grant_key)
     claimed = list(session.execute(
         select(b.account_id).join(_accounts, a.id == b.account_id)
-        .where(_among(session, b.account_id, ids), a.timezone == tz, b.period_end <= at,
-               ~exists().where(_entries.c.idempotency_key == grant_key))
+        .join(periods, z.tz == a.timezone)
+        .where(*_among(session, [account_id for account_id, _ in due]),
+               b.period_end <= at, ~granted)
         .order_by(b.account_id)
     ).scalars())
     if not claimed:
         return 0
     session.execute(
         update(_accounts)
-        .where(_among(session, a.id, claimed), a.pending_plan_code.is_not(None))
+        .where(_among(session, claimed)[1], a.pending_plan_code.is_not(None))
         .values(plan_code=a.pending_plan_code, pending_plan_code=None, updated_at=now)
     )
-    expiries = (
-        select(b.account_id, literal("expiry"), literal(Bucket.monthly.value),
-               -b.monthly_remaining, literal(period),
-               literal("expire:") + b.account_id + literal(f":{period}"),
-               literal("unused monthly credits of ") + b.period,
-               literal(0), b.extra_remaining, at)
-        .where(_among(session, b.account_id, claimed), b.monthly_remaining != 0)
-        .order_by(b.account_id)
-    )
     allowance = func.coalesce(p.monthly_allowance, 0)
+    expiries = (
+        select(b.account_id, literal(1).label("n"), literal("expiry"),
+               literal(Bucket.monthly.value), -b.monthly_remaining, z.period,
+               literal("expire:") + b.account_id + literal(":") + z.period,
+               literal("unused monthly credits of ") + b.period, literal(0),
+               b.extra_remaining, at)
+        .join(_accounts, a.id == b.account_id).join(periods, z.tz == a.timezone)
+        .where(*_among(session, claimed), b.monthly_remaining != 0)
+    )
     grants = (
-        select(b.account_id, literal("grant"),
+        select(b.account_id, literal(2).label("n"), literal("grant"),
                case((p.unlimited, literal(Bucket.unlimited.value)),
                     else_=literal(Bucket.monthly.value)),
-               allowance, literal(period), grant_key, literal("plan ") + p.code,
-               allowance, b.extra_remaining, at)
-        .join(_accounts, a.id == b.account_id).join(_plans, p.code == a.plan_code)
-        .where(_among(session, b.account_id, claimed))
-        .order_by(b.account_id)
+               allowance, z.period, grant_key, literal("plan ") + p.code, allowance,
+               b.extra_remaining, at)
+        .join(_accounts, a.id == b.account_id).join(periods, z.tz == a.timezone)
+        .join(_plans, p.code == a.plan_code)
+        .where(*_among(session, claimed))
     )
-    for rows in (expiries, grants):
-        session.execute(_insert_entries(session, rows))
+    both = union_all(expiries, grants).subquery()
+    rows = select(*[c for c in both.c if c.name != "n"]).order_by(*both.c[:2])
+    session.execute(_insert_entries(session, rows))
     session.execute(
         update(_balances)
-        .where(_among(session, b.account_id, claimed), a.id == b.account_id,
-               p.code == a.plan_code)
-        .values(period=period, period_start=start, period_end=end, monthly_used=0,
-                unlimited_used=0, unlimited=p.unlimited, monthly_allowance=p.monthly_allowance,
-                monthly_remaining=allowance, updated_at=now)
+        .where(*_among(session, claimed), a.id == b.account_id,
+               p.code == a.plan_code, z.tz == a.timezone)
+        .values(period=z.period, period_start=z.period_start, period_end=z.period_end,
+                monthly_used=0, unlimited_used=0, unlimited=p.unlimited,
+                monthly_allowance=p.monthly_allowance, monthly_remaining=allowance,
+                updated_at=now)
     )
     return len(claimed)
+
+
+def _periods(zones: Iterable[str], now: datetime) -> Subquery:
+    """A small table of (tz, period, period_start, period_end) at ``now``, one row a zone.
+
+    Period math needs the IANA rules, so it is done here, once per zone.
+    """
+    rows = []
+    for tz in sorted(zones):
+        period = period_of(now, tz)
+        start, end = period_bounds(period, tz)
+        rows.append(select(literal(tz).label("tz"), literal(period).label("period"),
+                           literal(start, UTCDateTime()).label("period_start"),
+                           literal(end, UTCDateTime()).label("period_end")))
+    return (union_all(*rows) if len(rows) > 1 else rows[0]).subquery("periods")
 
 
 def _insert_entries(session: Session, rows: Any) -> Any:
@@ -140,12 +157,19 @@ def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def _among(session: Session, column: Any, ids: Sequence[str]) -> ColumnElement[bool]:
-    """``column`` is one of ``ids``: one array parameter on PostgreSQL, a list on SQLite."""
+def _among(session: Session, ids: Sequence[str]) -> tuple[ColumnElement[bool], ...]:
+    """The balance and the account are among ``ids``.
+
+    One array parameter on PostgreSQL, a list on SQLite. The filter is given on
+    both tables so that PostgreSQL reads each by its primary key rather than
+    scanning ``accounts`` for the join.
+    """
     if _dialect(session) == "postgresql":
-        values = bindparam(None, list(ids), type_=postgresql.ARRAY(column.type), unique=True)
-        return cast(ColumnElement[bool], column == any_(values))
-    return cast(ColumnElement[bool], column.in_(list(ids)))
+        values = postgresql.ARRAY(String())
+        return tuple(cast(ColumnElement[bool], column == any_(
+            bindparam(None, list(ids), type_=values, unique=True)))
+            for column in (_balances.c.account_id, _accounts.c.id))
+    return (_balances.c.account_id.in_(list(ids)), _accounts.c.id.in_(list(ids)))
 
 
 def count_due(session: Session, *, now: datetime) -> int:

@@ -79,14 +79,6 @@ def register(session: Session, account_id: str, *, kind: Channel, name: str,
     return Credentials(source=source, secret=secret, token=token)
 
 
-def get(session: Session, source_id: str) -> Source:
-    """:raises NotFound: when there is no such source."""
-    source = session.get(Source, source_id)
-    if source is None:
-        raise NotFound(f"no source {source_id!r}")
-    return source
-
-
 def find(session: Session, source_id: str) -> Source | None:
     """The source named in a webhook URL, or None; disabled ones too (they answer 410)."""
     return session.get(Source, source_id)

@@ -44,9 +44,9 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _pg_skip is None:
-        from tests.services import PG_ADMIN_URL  # noqa: F401
-
         import psycopg
+
+        from tests.services import PG_ADMIN_URL  # noqa: F401
 
         with psycopg.connect(services.PG_ADMIN_URL, autocommit=True) as conn:
             names = [r[0] for r in conn.execute(

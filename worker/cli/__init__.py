@@ -30,22 +30,31 @@ for _name in ("sources", "renew", "ops"):
         _module.register(app)
 
 
-def main() -> None:
-    """Entry point: run the app, turning known errors into one clear line."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the app on ``argv``; return the exit code, known errors as one clear line."""
     try:
-        app()
+        # standalone mode: usage errors and --help are typer's, and it always exits
+        app(args=argv, prog_name="casecredits")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except DomainError as exc:
-        _fail(str(exc))
+        return _fail(str(exc))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
-        _fail(f"{where}: {first['msg']}" if where else first["msg"])
+        return _fail(f"{where}: {first['msg']}" if where else first["msg"])
     except OperationalError as exc:
-        _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
+        return _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
     except ValueError as exc:
-        _fail(str(exc))
+        return _fail(str(exc))
+    return 0
 
 
-def _fail(message: str, code: int = 1) -> None:
+def main() -> None:
+    """The console script."""
+    sys.exit(run())
+
+
+def _fail(message: str) -> int:
     typer.echo(f"error: {message}", err=True)
-    sys.exit(code)
+    return 1

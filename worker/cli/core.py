@@ -19,6 +19,7 @@ from worker import runtime
 from worker.cli.common import JsonOption, console, emit_json, session
 from worker.settings import get_settings
 
+
 class AdjustBucket(enum.StrEnum):
     monthly = "monthly"
     extra = "extra"
@@ -148,7 +149,11 @@ def credits_history(account_id: str, limit: int = typer.Option(50, "--limit", mi
         typer.echo(f"more: --cursor {page.next_cursor}")
 
 
-@credits_app.command("adjust", context_settings={"ignore_unknown_options": True})
+#: lets a negative AMOUNT through (``adjust ACME -2``) instead of reading it as an option
+_NEGATIVE_OK = {"ignore_unknown_options": True}
+
+
+@credits_app.command("adjust", context_settings=_NEGATIVE_OK)
 def credits_adjust(account_id: str, amount: int,
                    bucket: AdjustBucket = typer.Option(..., "--bucket", case_sensitive=False),
                    reason: str = typer.Option(..., "--reason"),
@@ -159,8 +164,9 @@ def credits_adjust(account_id: str, amount: int,
     now = runtime.now()
     who = operator or getpass.getuser()
     with session() as s:
-        entry = ledger.adjust(s, account_id, amount=amount, bucket=Bucket(bucket.value), reason=reason,
-                              actor=who, now=now, key=f"adjust:{uuid.uuid4().hex}")
+        entry = ledger.adjust(s, account_id, amount=amount, bucket=Bucket(bucket.value),
+                              reason=reason, actor=who, now=now,
+                              key=f"adjust:{uuid.uuid4().hex}")
         view = queries.credits(s, account_id, now=now)
         entry_id = entry.id
     if as_json:

@@ -52,7 +52,8 @@ def dev(port: int = typer.Option(8000, "--port", help="HTTP port of the web proc
         if name == "release":
             continue
         typer.echo(f"starting {name}: {command}")
-        children[name] = subprocess.Popen(command, shell=True, env=env,
+        # Procfile lines are shell commands (${PORT:-8000}); they come from our own file.
+        children[name] = subprocess.Popen(command, shell=True, env=env,  # noqa: S602
                                           start_new_session=True)
     typer.echo(f"casecredits is up: http://127.0.0.1:{port}/healthz  (Ctrl-C stops)")
     stopping = False
