@@ -8,7 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ def running(name: str, env: dict[str, str], log_path: Path,
     command = procfile.read()[name]
     full_env = {**os.environ, **env, **(extra_env or {})}
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(command, shell=True,  # noqa: S602 (a Procfile line)
+        proc = subprocess.Popen(f"exec {command}", shell=True,  # noqa: S602 (a Procfile line)
                                 cwd=ROOT, env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -39,15 +39,27 @@ def running(name: str, env: dict[str, str], log_path: Path,
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> None:
-    if proc.poll() is None:
+    """Signal the leader and wait until every process in its group is gone.
+
+    Only the leader: dramatiq's main process forwards the signal to its workers,
+    and a worker that hears SIGTERM twice stops hard instead of finishing.
+    """
+    deadline = time.monotonic() + timeout
+    with suppress(ProcessLookupError):
+        os.kill(proc.pid, sig)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    while time.monotonic() < deadline:
         try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, 0)
         except ProcessLookupError:
-            pass
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    proc.wait()
 
 
 def wait_for(check: Callable[[], T], *, timeout: float = 60, every: float = 0.2,

