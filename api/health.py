@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -55,9 +56,9 @@ def _ping_database() -> bool:
     return True
 
 
-async def _answers(check: object) -> bool:
+async def _answers(check: Callable[[], bool]) -> bool:
     try:
-        return bool(await asyncio.wait_for(run_in_threadpool(check), READY_TIMEOUT_S))  # type: ignore[arg-type]
+        return bool(await asyncio.wait_for(run_in_threadpool(check), READY_TIMEOUT_S))
     except Exception as exc:  # any failure, or no answer in time, is "not ready"
         log.warning("readiness.check_failed", error=type(exc).__name__)
         return False

@@ -42,6 +42,9 @@ class Stored:
     status: str
     #: False when this source had the webhook-id already: nothing was written
     new: bool
+    #: whether the stored body is the one just received (a true resend)
+    same_body: bool
+    errors: list[dict[str, Any]] | None
 
 
 def find_source(source_id: str) -> Source | None:
@@ -60,7 +63,8 @@ def store(source: Source, *, webhook_id: str, raw_body: str, content_type: str,
         event, new = intake.record_lead(session, source, webhook_id=webhook_id,
                                         raw_body=raw_body, content_type=content_type[:200],
                                         lead=lead, errors=errors, now=runtime.now())
-        stored = Stored(event_id=event.id, status=event.status, new=new)
+        stored = Stored(event_id=event.id, status=event.status, new=new,
+                        same_body=event.raw_body == raw_body, errors=event.errors)
     return stored
 
 
@@ -91,8 +95,8 @@ class Producer:
     def send_ingest(self, event_id: str) -> bool:
         """Enqueue ``ingest_lead``; False (and a warning) when the broker does not take it."""
         payload = IngestLead(event_id=event_id).model_dump(mode="json")
-        message = Message(queue_name=QUEUE_LEADS, actor_name="ingest_lead", args=(payload,),
-                          kwargs={}, options={})
+        message: Message[Any] = Message(queue_name=QUEUE_LEADS, actor_name="ingest_lead",
+                                        args=(payload,), kwargs={}, options={})
         try:
             self.broker().enqueue(message)
         except Exception as exc:  # the event is committed; the sweeper will resend it

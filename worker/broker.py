@@ -56,13 +56,14 @@ def build_broker(settings: Settings | None = None) -> RedisBroker:
                 retry_when=_retry_when),
         CurrentMessage(),
     ]
-    if getattr(settings, "worker_metrics", False):  # dramatiq's exposition server, port 9191
+    if settings.worker_metrics:  # dramatiq's exposition server, port 9191
         from dramatiq.middleware.prometheus import Prometheus
 
         middleware.append(Prometheus())
     broker = RedisBroker(url=redis_url(settings), middleware=middleware,
                          namespace=settings.broker_namespace,
                          heartbeat_timeout=settings.heartbeat_timeout_ms,
+                         dead_message_ttl=settings.dead_message_ttl_ms,
                          maintenance_chance=settings.maintenance_chance)
     return broker
 

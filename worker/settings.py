@@ -32,16 +32,26 @@ class Settings(BaseSettings):
     #: milliseconds; the first and the longest backoff between retries
     min_backoff_ms: int = 1_000
     max_backoff_ms: int = 300_000
+    #: milliseconds a dead-lettered message is kept for `dlq list` and `dlq replay`
+    dead_message_ttl_ms: int = 30 * 24 * 3600 * 1000
     #: milliseconds without a heartbeat before a worker's messages are requeued
-    heartbeat_timeout_ms: int = 15_000
-    #: 1 in N broker calls runs the maintenance that requeues them
-    maintenance_chance: int = 100
+    #: (measured in bench/heartbeat.py and bench/RESULTS-faults.md)
+    heartbeat_timeout_ms: int = 10_000
+    #: chances in a million that a broker call runs the maintenance that requeues
+    #: them; 1,000,000 is every call (dramatiq's own default is 1,000)
+    maintenance_chance: int = Field(default=1_000_000, ge=0, le=1_000_000)
     #: seconds an unfinished event waits before the sweeper re-enqueues it
     sweep_after_s: int = 60
+    #: seconds between two sweeps run by the scheduler
+    sweep_every_s: int = Field(default=30, ge=1)
+    #: leads the sweeper reads per page (one short transaction each)
+    sweep_batch: int = Field(default=500, ge=1)
     #: "console", "json", or "auto" (console on a terminal)
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: str = "INFO"
     db_pool_size: int = 10
+    #: serve the worker's metrics (dramatiq's and ours) on port 9191 (dramatiq_prom_port)
+    worker_metrics: bool = False
 
     @property
     def effective_database_url(self) -> str:

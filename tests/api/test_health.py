@@ -58,8 +58,8 @@ def test_the_openapi_document_describes_every_endpoint(client):
         "/v1/accounts/{account_id}/profiles", "/v1/accounts/{account_id}/profiles/{profile_id}",
         "/healthz", "/readyz", "/metrics"}
     hook = paths["/v1/hooks/{source_id}"]["post"]
-    assert set(hook["responses"]) == {"200", "202", "400", "401", "404", "410", "413", "415",
-                                      "422", "503"}
+    assert set(hook["responses"]) == {"200", "202", "400", "401", "404", "409", "410", "413",
+                                      "415", "422", "503"}
     assert set(hook["requestBody"]["content"]) == {"application/json",
                                                    "application/x-www-form-urlencoded"}
     assert {"sourceToken", "standardWebhooks", "internalToken"} <= set(

@@ -220,7 +220,19 @@ def test_an_unusable_lead_answers_422_and_is_kept_as_invalid(client, factory, fu
     assert event.content_type == content_type
     again = client.post(funnel.url, content=body,
                         headers=signed(funnel.secret, body, "msg_1", content_type=content_type))
-    assert again.status_code == 200 and again.json()["event_id"] == event.id
+    assert again.status_code == 422  # the first answer again, and nothing more stored
+    assert (again.json()["event_id"], again.json()["errors"]) == (event.id, answer["errors"])
+    assert count(factory, Event) == 1
+
+
+def test_a_webhook_id_reused_for_another_body_answers_409(client, factory, funnel):
+    headers = {**funnel.bearer(), "webhook-id": "zap-1"}
+    first = client.post(funnel.url, json=LEAD, headers=headers)
+    other = client.post(funnel.url, json={**LEAD, "Email": "someone@example.com"},
+                        headers=headers)
+    assert (first.status_code, other.status_code) == (202, 409)
+    assert other.json()["error"] == "webhook_id_reused"
+    assert other.json()["event_id"] == first.json()["event_id"]
     assert count(factory, Event) == 1
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import enum
 
 import typer
-from rich.table import Column, Table
 
 from db import sources
 from db.models import Source
 from schemas.common import Channel
 from schemas.http import SourceCredentials, SourceView
 from worker import runtime
-from worker.cli.common import JsonOption, console, emit_json, session
+from worker.cli.common import JsonOption, emit_json, session
 
 source_app = typer.Typer(help="Lead sources: agents' website forms and funnel tools.",
                          no_args_is_help=True)
@@ -63,14 +62,14 @@ def source_list(account_id: str, as_json: bool = JsonOption) -> None:
     if as_json:
         emit_json([v.model_dump(mode="json") for v in views])
         return
-    table = Table(Column("source", no_wrap=True, min_width=36), "kind", "name", "enabled",
-                  "created", "old secret valid until")
+    if not views:
+        typer.echo(f"account {account_id} has no sources; add one with `source add`")
     for v in views:
         until = v.previous_secret_expires_at
-        table.add_row(v.source_id, v.kind, v.name, "yes" if v.enabled else "no",
-                      v.created_at.isoformat(timespec="seconds"),
-                      until.isoformat(timespec="seconds") if until else "-")
-    console.print(table)
+        typer.echo(f"{v.source_id}  {v.kind:<7}  {'enabled ' if v.enabled else 'disabled'}  "
+                   f"created {v.created_at.date().isoformat()}  {v.name}"
+                   + (f"  (old secret valid until {until.isoformat(timespec='minutes')})"
+                      if until else ""))
 
 
 @source_app.command("rotate")
