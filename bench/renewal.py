@@ -1,13 +1,15 @@
 """Benchmark: the scheduled, set-based renewal against renewing one account at a time.
 
-    python bench/renewal.py [--accounts 100000] [--single 2000] [--chunk 2000]
+    python bench/renewal.py [--accounts 100000] [--single 2000] [--chunk 2000] [--workers 2]
 
 Creates a scratch PostgreSQL database ``cc_bench_renewal_<hex>`` (dropped at the
 end, whatever happens), bulk-loads the accounts with their balances and ledger
 in SQL, then in the same run times ``ledger.renew_account`` for ``--single``
 accounts, one transaction each, and ``renewal.renew_due`` over the other
-``--accounts``. Prints accounts per second for both and their ratio, then checks
-every balance against its ledger.
+``--accounts``. Prints accounts per second for both and their ratio, with the CPU
+time each used (this process, and the server's processes when the server is local)
+and the load average, since other work on the machine stretches wall times; then
+checks every balance against its ledger.
 
 The server is ``BENCH_PG_ADMIN_URL`` (default: ``TEST_PG_ADMIN_URL`` or
 ``postgresql://postgres@127.0.0.1:5432/postgres``); it needs CREATE DATABASE.
@@ -19,7 +21,10 @@ import argparse
 import os
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import LiteralString
 
 import psycopg
@@ -112,6 +117,7 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=100_000)
     parser.add_argument("--single", type=int, default=2_000)
     parser.add_argument("--chunk", type=int, default=renewal.CHUNK)
+    parser.add_argument("--workers", type=int, default=renewal.WORKERS)
     args = parser.parse_args()
     name = f"cc_bench_renewal_{uuid.uuid4().hex[:8]}"
     url = f"{ADMIN_URL.rsplit('/', 1)[0]}/{name}"
@@ -126,9 +132,14 @@ def main() -> None:
               f"loaded in {time.perf_counter() - started:.1f} s")
         engine = make_engine(url)
         factory = make_session_factory(engine)
-        single_rate = time_single(factory, args.single)
-        bulk_rate = time_bulk(factory, args.accounts, args.chunk)
-        print(f"ratio: set-based is {bulk_rate / single_rate:.1f}x one-at-a-time")
+        one, five, _ = os.getloadavg()
+        print(f"machine: {os.cpu_count()} cores, load average {one:.1f} (1 min), "
+              f"{five:.1f} (5 min)")
+        single_rate = time_single(factory, args.single, name)
+        bulk_rate = time_bulk(factory, args.accounts, args.chunk, args.workers, name)
+        ratio = bulk_rate / single_rate
+        print(f"ratio: set-based is {ratio:.1f}x one-at-a-time "
+              f"({'meets' if ratio >= 10 else 'MISSES'} the 10x target)")
         with session_scope(factory) as session:
             mismatches = ledger.verify(session)
         print("ledger verify: " + ("ok" if not mismatches else f"{len(mismatches)} mismatches"))
@@ -141,31 +152,77 @@ def main() -> None:
         print(f"database {name} dropped")
 
 
-def time_single(factory: sessionmaker[Session], n: int) -> float:
+def time_single(factory: sessionmaker[Session], n: int, database: str) -> float:
     ids = [f"l-{i:06d}" for i in range(1, n + 1)]
-    started = time.perf_counter()
-    renewed = 0
-    for account_id in ids:
-        with session_scope(factory) as session:
-            renewed += ledger.renew_account(session, account_id, DUE_AT)
-    elapsed = time.perf_counter() - started
+
+    def renew_each() -> int:
+        renewed = 0
+        for account_id in ids:
+            with session_scope(factory) as session:
+                renewed += ledger.renew_account(session, account_id, DUE_AT)
+        return renewed
+
+    renewed, usage = measure(renew_each, database)
     assert renewed == n, renewed
-    rate = n / elapsed
+    rate = n / usage.wall_s
     print(f"one at a time (ledger.renew_account, a transaction each): {n} accounts "
-          f"in {elapsed:.2f} s = {rate:,.0f} accounts/s")
+          f"in {usage.wall_s:.2f} s = {rate:,.0f} accounts/s; {usage}")
     return rate
 
 
-def time_bulk(factory: sessionmaker[Session], n: int, chunk: int) -> float:
-    started = time.perf_counter()
-    renewed = renewal.renew_due(factory, now=DUE_AT, chunk=chunk)
-    elapsed = time.perf_counter() - started
+def time_bulk(factory: sessionmaker[Session], n: int, chunk: int, workers: int,
+              database: str) -> float:
+    renewed, usage = measure(
+        lambda: renewal.renew_due(factory, now=DUE_AT, chunk=chunk, workers=workers), database)
     assert renewed == n, renewed
-    rate = n / elapsed
-    print(f"set-based (renewal.renew_due, {chunk} per transaction): {n} accounts "
-          f"in {elapsed:.2f} s = {rate:,.0f} accounts/s"
-          f" ({'under' if elapsed < 10 else 'OVER'} the 10 s target)")
+    rate = n / usage.wall_s
+    print(f"set-based (renewal.renew_due, {chunk} per transaction, {workers} workers): "
+          f"{n} accounts in {usage.wall_s:.2f} s = {rate:,.0f} accounts/s"
+          f" ({'under' if usage.wall_s < 10 else 'OVER'} the 10 s target); {usage}")
     return rate
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Wall time and CPU time: other work on the machine stretches the first, not the second."""
+
+    wall_s: float
+    python_cpu_s: float
+    #: CPU of the server processes serving this database; None when they cannot be read
+    server_cpu_s: float | None
+
+    def __str__(self) -> str:
+        server = "?" if self.server_cpu_s is None else f"{self.server_cpu_s:.2f} s"
+        one, five, _ = os.getloadavg()
+        return (f"cpu used: python {self.python_cpu_s:.2f} s, postgres {server}; "
+                f"load average {one:.1f} (1 min), {five:.1f} (5 min)")
+
+
+def measure(run: Callable[[], int], database: str) -> tuple[int, Usage]:
+    server_before = _server_cpu(database)
+    cpu_before, started = time.process_time(), time.perf_counter()
+    result = run()
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+    server_after = _server_cpu(database)
+    server = None
+    if server_before is not None and server_after is not None:
+        server = sum(used - server_before.get(pid, 0.0) for pid, used in server_after.items())
+    return result, Usage(wall, cpu, server)
+
+
+def _server_cpu(database: str) -> dict[int, float] | None:
+    """CPU seconds of each server process connected to ``database`` (a local server)."""
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        pids = [row[0] for row in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))]
+    used: dict[int, float] = {}
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+    return used
 
 
 if __name__ == "__main__":

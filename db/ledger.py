@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from db import renewal
 from db.errors import Conflict, NotFound, Rejected
@@ -26,10 +27,13 @@ from schemas.common import CREDIT_PRICE_CENTS, Bucket
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """What a manual creation cost: a bucket, or a refusal (R6)."""
+    """What a manual creation cost: a bucket, or a refusal (R6), and what is left."""
 
     bucket: Bucket | None
-    balance: Balance
+    monthly_remaining: int
+    extra_remaining: int
+    #: the end of the balance's period: its next renewal
+    renews_at: datetime
 
     @property
     def refused(self) -> bool:
@@ -199,38 +203,128 @@ def _renew_locked(session: Session, balance: Balance, now: datetime) -> None:
     :raises Conflict: when the grant for this period exists while the balance
         still shows an earlier one (the ledger and the balance disagree).
     """
-    account = session.get(Account, balance.account_id)
-    assert account is not None
-    if not renewal.renew_locked(session, [(account.id, account.timezone)], now=now):
-        raise Conflict(f"account {account.id!r} is due but already renewed for "
-                       f"{period_of(now, account.timezone)}; run `ledger verify`")
-    session.refresh(account)
+    session.flush()
+    # the zone as it is now that the balance is locked (a zone changes only under that lock)
+    timezone = session.execute(
+        select(Account.timezone).where(Account.id == balance.account_id)).scalar_one()
+    if not renewal.renew_locked(session, [(balance.account_id, timezone)], now=now):
+        raise Conflict(f"account {balance.account_id!r} is due but already renewed for "
+                       f"{period_of(now, timezone)}; run `ledger verify`")
     session.refresh(balance)
+    loaded = session.identity_map.get(session.identity_key(Account, balance.account_id))
+    if loaded is not None:  # a downgrade may have changed it
+        session.refresh(loaded)
 
 
 def charge(session: Session, account_id: str, *, event_id: str, now: datetime) -> Charge:
     """Charge one credit for a new manual profile, or refuse (R4, R5, R6).
 
     Monthly credits go first, then extra ones; unlimited plans record usage
-    and are never refused. A refusal writes nothing.
+    and are never refused. A refusal writes nothing (the balance row stays
+    locked until the transaction ends).
+
+    On PostgreSQL, when no renewal is due, one statement locks, decides,
+    charges and appends the entry (:data:`_CHARGE_ONE`); otherwise the balance
+    is locked (and renewed) first and the rules below apply, the same rules.
+
+    :raises NotFound: when the account does not exist.
     """
+    if session.get_bind().dialect.name == "postgresql":
+        done = _charge_in_one_statement(session, account_id, event_id=event_id, now=now)
+        if done is not None:
+            return done
     balance = lock_balance(session, account_id, now)
     key = f"charge:{event_id}"
+    bucket: Bucket | None = None
     if balance.unlimited:
         balance.unlimited_used += 1
         _write(session, balance, kind="unlimited_usage", bucket=Bucket.unlimited, amount=0,
                key=key, event_id=event_id, now=now)
-        return Charge(Bucket.unlimited, balance)
-    if balance.monthly_remaining > 0:
+        bucket = Bucket.unlimited
+    elif balance.monthly_remaining > 0:
         balance.monthly_used += 1
         _write(session, balance, kind="charge", bucket=Bucket.monthly, amount=-1, key=key,
                event_id=event_id, now=now)
-        return Charge(Bucket.monthly, balance)
-    if balance.extra_remaining > 0:
+        bucket = Bucket.monthly
+    elif balance.extra_remaining > 0:
         _write(session, balance, kind="charge", bucket=Bucket.extra, amount=-1, key=key,
                event_id=event_id, now=now)
-        return Charge(Bucket.extra, balance)
-    return Charge(None, balance)
+        bucket = Bucket.extra
+    return Charge(bucket, balance.monthly_remaining, balance.extra_remaining,
+                  balance.period_end)
+
+
+def charge_ctes(*, after_lock: str = "", gate: str = "TRUE") -> str:
+    """:func:`charge` as SQL common table expressions, for PostgreSQL.
+
+    So that one statement, one round trip, can lock, decide, charge and record,
+    and a caller can do its own writes in that same statement. In order:
+
+    * ``locked``: the balance row, locked ``FOR UPDATE``, with the ``bucket`` the
+      rules pick (unlimited, else monthly, else extra; NULL is a refusal). Empty
+      when the account does not exist or its period has ended: a renewal is due,
+      and :func:`charge`'s general path must run instead;
+    * ``after_lock``: the caller's own CTEs, each ending in a comma;
+    * ``charged``: the balance after the credit is taken, where there is a bucket
+      and ``gate`` (a SQL condition) holds;
+    * ``entry``: its ledger entry, as :func:`_write` writes it.
+
+    Parameters: ``:account_id``, ``:event_id``, ``:now``.
+    """
+    return f"""
+locked AS (
+    SELECT account_id, period_end, monthly_remaining, extra_remaining,
+           CASE WHEN unlimited THEN 'unlimited' WHEN monthly_remaining > 0 THEN 'monthly'
+                WHEN extra_remaining > 0 THEN 'extra' END AS bucket
+    FROM balances WHERE account_id = :account_id AND period_end > :now
+    FOR UPDATE
+), {after_lock}
+charged AS (
+    UPDATE balances AS b SET
+        monthly_remaining = b.monthly_remaining - (locked.bucket = 'monthly')::int,
+        monthly_used = b.monthly_used + (locked.bucket = 'monthly')::int,
+        extra_remaining = b.extra_remaining - (locked.bucket = 'extra')::int,
+        unlimited_used = b.unlimited_used + (locked.bucket = 'unlimited')::int,
+        updated_at = :now
+    FROM locked
+    WHERE b.account_id = locked.account_id AND locked.bucket IS NOT NULL AND ({gate})
+    RETURNING b.account_id, b.period, b.monthly_remaining, b.extra_remaining,
+              b.monthly_used, b.unlimited_used, locked.bucket
+), entry AS (
+    INSERT INTO ledger_entries (account_id, kind, bucket, amount, period, idempotency_key,
+                                event_id, monthly_after, extra_after, created_at)
+    SELECT account_id, CASE bucket WHEN 'unlimited' THEN 'unlimited_usage' ELSE 'charge' END,
+           bucket, CASE bucket WHEN 'unlimited' THEN 0 ELSE -1 END, period,
+           'charge:' || :event_id, :event_id, monthly_remaining, extra_remaining, :now
+    FROM charged
+)"""  # noqa: S608 (only code's own fragments go in)
+
+
+#: :func:`charge` in one round trip; no row when the general path must run
+_CHARGE_ONE = text("WITH " + charge_ctes() + """
+SELECT locked.bucket, locked.period_end,
+       coalesce(charged.monthly_remaining, locked.monthly_remaining) AS monthly_remaining,
+       coalesce(charged.extra_remaining, locked.extra_remaining) AS extra_remaining,
+       charged.monthly_used, charged.unlimited_used
+FROM locked LEFT JOIN charged ON true
+""")
+
+
+def _charge_in_one_statement(session: Session, account_id: str, *, event_id: str,
+                             now: datetime) -> Charge | None:
+    """:data:`_CHARGE_ONE`; None when the general path must run (no account, renewal due)."""
+    session.flush()
+    row = session.connection().execute(_CHARGE_ONE, {
+        "account_id": account_id, "now": now, "event_id": event_id}).one_or_none()
+    if row is None:
+        return None
+    bucket = Bucket(row.bucket) if row.bucket is not None else None
+    loaded = session.identity_map.get(session.identity_key(Balance, account_id))
+    if loaded is not None and bucket is not None:  # keep an object the session holds true
+        for name in ("monthly_remaining", "extra_remaining", "monthly_used", "unlimited_used"):
+            set_committed_value(loaded, name, getattr(row, name))
+        set_committed_value(loaded, "updated_at", now)
+    return Charge(bucket, row.monthly_remaining, row.extra_remaining, row.period_end)
 
 
 def purchase(session: Session, *, purchase_id: str, account_id: str, quantity: int,

@@ -1,36 +1,38 @@
 """Monthly renewal (R3), set-based, for one account or a hundred thousand.
 
 :func:`renew_locked` is the one definition of a renewal. The lazy path
-(``ledger.lock_balance``) calls it with the single account it holds; the
-scheduled path (:func:`renew_due`) calls it with a chunk of due accounts, each
-chunk its own transaction. Either way an account due at ``now`` gets, for the
-period of ``now`` in its own zone:
+(``ledger.lock_balance``) calls it with the single account whose balance it
+holds; the scheduled path (:func:`renew_due`) calls it with chunks of due
+accounts, each chunk its own transaction. Either way an account due at ``now``
+gets, for the period of ``now`` in its own zone:
 
 * its pending downgrade applied (R7);
 * an ``expiry`` entry of what is left of its monthly credits, when anything is,
   keyed ``expire:{account}:{period}``;
 * a ``grant`` entry of its plan's allowance (bucket ``unlimited``, amount 0, for
   unlimited plans), keyed ``grant:{account}:{period}``;
-* its balance moved to the new period, with the same figures the entries show.
+* its balance moved to the new period, with the figures the entries show.
 
 An account missed for several months is renewed once, for the month of ``now``.
 The grant key is unique, so an account is never renewed twice for a period.
-Period bounds are computed in Python once per time zone; the rest is a handful
-of ``INSERT ... SELECT`` and ``UPDATE ... FROM`` statements per zone, the same
-on PostgreSQL and on SQLite (3.35 or newer).
+
+Period bounds need the IANA rules, so they are computed in Python, once per
+zone, into a small ``periods`` table; the rest is five statements per chunk
+(``SELECT``, ``UPDATE`` for downgrades, two ``INSERT ... SELECT ... ON CONFLICT DO
+NOTHING``, ``UPDATE ... FROM``), the same on PostgreSQL and on SQLite (3.35 or
+newer, with its JSON functions).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
     ColumnElement,
-    String,
     Table,
     case,
     exists,
@@ -40,12 +42,9 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy import (
-    cast as sql_cast,
-)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql import Select, Subquery
+from sqlalchemy.sql import Select, Subquery, TableValuedAlias
 
 from db.engine import session_scope
 from db.models import Account, Balance, LedgerEntry, Plan, UTCDateTime
@@ -54,11 +53,14 @@ from schemas.common import Bucket
 
 #: accounts per transaction of the scheduled renewal
 CHUNK = 2000
+#: connections renewing side by side on PostgreSQL (one per core of a small machine)
+WORKERS = 2
 
 _balances = cast(Table, Balance.__table__)
 _accounts = cast(Table, Account.__table__)
 _plans = cast(Table, Plan.__table__)
 _entries = cast(Table, LedgerEntry.__table__)
+#: the columns of balances, accounts and plans, named as SQL aliases would be
 b, a, p = _balances.c, _accounts.c, _plans.c
 
 #: the columns a renewal writes in ``ledger_entries``, in the order of the SELECTs below
@@ -81,45 +83,85 @@ def renew_locked(session: Session, due: Iterable[tuple[str, str]], *, now: datet
         return 0
     session.flush()
     periods = _periods({tz for _, tz in due}, now)
-    claimable = _claimable(periods, now).where(*_among(session, [i for i, _ in due]))
-    return _renew(session, list(session.execute(claimable).scalars()), periods, now=now)
+    z = periods.c
+    listed = _listed(session, [account_id for account_id, _ in due])
+    granted = exists().where(_entries.c.idempotency_key == _grant_key(periods))
+    claimed = session.execute(
+        select(b.account_id, a.pending_plan_code.is_not(None))
+        .select_from(listed.join(_balances, b.account_id == listed.c.value)
+                     .join(_accounts, a.id == b.account_id).join(periods, z.tz == a.timezone))
+        .where(b.period_end <= literal(now, UTCDateTime()), ~granted)
+        .order_by(b.account_id)).all()
+    return _renew(session, [str(row[0]) for row in claimed],
+                  downgrades=[str(row[0]) for row in claimed if row[1]], periods=periods,
+                  now=now)
 
 
 def renew_due(factory: sessionmaker[Session], *, now: datetime, chunk: int = CHUNK,
-              on_chunk: Callable[[int], None] | None = None) -> int:
+              workers: int = WORKERS, on_chunk: Callable[[int], None] | None = None) -> int:
     """Renew every account due at ``now``, ``chunk`` accounts per transaction.
 
     Each chunk takes the next due accounts in id order and locks their balance
     rows, skipping rows another transaction holds (``SKIP LOCKED`` on
     PostgreSQL): that transaction is renewing them, or will find them renewed.
-    Walking in id order, every run ends.
+    Walking in id order, every run ends. On PostgreSQL the due accounts are
+    split into ``workers`` ranges of ids renewed side by side, each on its own
+    connection; SQLite has a single writer and renews them in one walk.
 
-    :param on_chunk: called after each committed chunk with the accounts it renewed.
+    :param on_chunk: called after each committed chunk with the accounts it
+        renewed (from the worker threads, when there are several).
     :returns: how many accounts this call renewed.
     """
+    ranges = _split(factory, now=now, workers=workers, chunk=chunk)
+    if len(ranges) == 1:
+        return _renew_range(factory, ranges[0], now=now, chunk=chunk, on_chunk=on_chunk)
+    with ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="renewal") as pool:
+        done = [pool.submit(_renew_range, factory, bounds, now=now, chunk=chunk,
+                            on_chunk=on_chunk) for bounds in ranges]
+        return sum(future.result() for future in done)
+
+
+def _split(factory: sessionmaker[Session], *, now: datetime, workers: int,
+           chunk: int) -> list[tuple[str | None, str | None]]:
+    """Ranges of account ids ``(after, up_to]`` holding about as many due accounts each."""
     with session_scope(factory) as session:
-        zones = list(session.execute(
-            select(a.timezone).distinct().join(_balances, b.account_id == a.id)
-            .where(b.period_end <= now)).scalars())
-    if not zones:
-        return 0
-    periods = _periods(zones, now)
+        if _dialect(session) != "postgresql" or workers < 2:
+            return [(None, None)]
+        due = count_due(session, now=now)
+        workers = min(workers, due // chunk)
+        if workers < 2:
+            return [(None, None)]
+        # in the database's order of ids; None when another run renewed them meanwhile
+        cuts = [session.execute(
+            select(b.account_id).where(b.period_end <= now).order_by(b.account_id)
+            .offset(due * i // workers).limit(1)).scalar_one_or_none()
+            for i in range(1, workers)]
+    bounds: list[str | None] = [None, *dict.fromkeys(c for c in cuts if c is not None), None]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _renew_range(factory: sessionmaker[Session], bounds: tuple[str | None, str | None], *,
+                 now: datetime, chunk: int, on_chunk: Callable[[int], None] | None) -> int:
+    """Renew the due accounts with ids in ``(after, up_to]``, a chunk per transaction."""
+    after, up_to = bounds
     total = 0
-    after: str | None = None
     while True:
         with session_scope(factory) as session:
-            query = (_claimable(periods, now).limit(chunk)
+            query = (select(b.account_id, a.timezone).join(_accounts, a.id == b.account_id)
+                     .where(b.period_end <= now).order_by(b.account_id).limit(chunk)
                      .with_for_update(of=_balances, skip_locked=True))
             if after is not None:
                 query = query.where(b.account_id > after)
-            claimed = list(session.execute(query).scalars())
-            renewed = _renew(session, claimed, periods, now=now)
+            if up_to is not None:
+                query = query.where(b.account_id <= up_to)
+            due = [(str(account_id), str(tz)) for account_id, tz in session.execute(query)]
+            renewed = renew_locked(session, due, now=now)
         total += renewed
-        if on_chunk is not None and claimed:
+        if on_chunk is not None and due:
             on_chunk(renewed)
-        if len(claimed) < chunk:
+        if len(due) < chunk:
             return total
-        after = claimed[-1]
+        after = due[-1][0]
 
 
 def count_due(session: Session, *, now: datetime) -> int:
@@ -148,34 +190,33 @@ def _grant_key(periods: Subquery) -> ColumnElement[str]:
     return literal("grant:") + b.account_id + literal(":") + periods.c.period
 
 
-def _claimable(periods: Subquery, now: datetime) -> Select[str]:
-    """Ids of the accounts due at ``now`` in one of ``periods``' zones and not yet
-    granted for that zone's period, in id order."""
-    granted = exists().where(_entries.c.idempotency_key == _grant_key(periods))
-    return (select(b.account_id).join(_accounts, a.id == b.account_id)
-            .join(periods, periods.c.tz == a.timezone)
-            .where(b.period_end <= literal(now, UTCDateTime()), ~granted)
-            .order_by(b.account_id))
+def _renew(session: Session, ids: Sequence[str], *, downgrades: Sequence[str],
+           periods: Subquery, now: datetime) -> int:
+    """Write the renewal of the claimed accounts ``ids``: the pending downgrades of
+    ``downgrades`` (some of ``ids``), then expiry, grant and balance.
 
-
-def _renew(session: Session, ids: Sequence[str], periods: Subquery, *, now: datetime) -> int:
-    """Write the renewal of the claimed accounts ``ids``: downgrade, expiry, grant, balance."""
+    Every statement is driven by the list of ids and reads the tables by primary
+    key, which stays a good plan with or without table statistics.
+    """
     if not ids:
         return 0
     z = periods.c
-    among = _among(session, ids)
+    if downgrades:
+        downgrading = _listed(session, downgrades)
+        session.execute(
+            update(_accounts).where(a.id == downgrading.c.value)
+            .values(plan_code=a.pending_plan_code, pending_plan_code=None, updated_at=now))
+    listed = _listed(session, ids)
     at = literal(now, UTCDateTime())
-    session.execute(
-        update(_accounts).where(among[1], a.pending_plan_code.is_not(None))
-        .values(plan_code=a.pending_plan_code, pending_plan_code=None, updated_at=now))
-    accounts = _balances.join(_accounts, a.id == b.account_id).join(periods, z.tz == a.timezone)
+    accounts = (listed.join(_balances, b.account_id == listed.c.value)
+                .join(_accounts, a.id == listed.c.value).join(periods, z.tz == a.timezone))
     expiries = (
         select(b.account_id, literal("expiry"), literal(Bucket.monthly.value),
                -b.monthly_remaining, z.period,
                literal("expire:") + b.account_id + literal(":") + z.period,
                literal("unused monthly credits of ") + b.period, literal(0),
                b.extra_remaining, at)
-        .select_from(accounts).where(*among, b.monthly_remaining != 0).order_by(b.account_id))
+        .select_from(accounts).where(b.monthly_remaining != 0).order_by(b.account_id))
     allowance = func.coalesce(p.monthly_allowance, 0)
     grants = (
         select(b.account_id, literal("grant"),
@@ -183,13 +224,13 @@ def _renew(session: Session, ids: Sequence[str], periods: Subquery, *, now: date
                     else_=literal(Bucket.monthly.value)),
                allowance, z.period, _grant_key(periods), literal("plan ") + p.code, allowance,
                b.extra_remaining, at)
-        .select_from(accounts.join(_plans, p.code == a.plan_code)).where(*among)
-        .order_by(b.account_id))
+        .select_from(accounts.join(_plans, p.code == a.plan_code)).order_by(b.account_id))
     for rows in (expiries, grants):
         session.execute(_insert_entries(session, rows))
     session.execute(
         update(_balances)
-        .where(*among, a.id == b.account_id, p.code == a.plan_code, z.tz == a.timezone)
+        .where(b.account_id == listed.c.value, a.id == listed.c.value, p.code == a.plan_code,
+               z.tz == a.timezone)
         .values(period=z.period, period_start=z.period_start, period_end=z.period_end,
                 monthly_used=0, unlimited_used=0, unlimited=p.unlimited,
                 monthly_allowance=p.monthly_allowance, monthly_remaining=allowance,
@@ -208,22 +249,13 @@ def _dialect(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
-def _among(session: Session, ids: Sequence[str]) -> tuple[ColumnElement[bool], ...]:
-    """The balance, and the account, are among ``ids``.
+def _listed(session: Session, ids: Sequence[str]) -> TableValuedAlias:
+    """``ids`` as a one-column table (``value``), sent as one JSON text.
 
-    The ids travel as one JSON text, read by ``json_array_elements_text`` on
-    PostgreSQL and ``json_each`` on SQLite: far cheaper to send than an array or
-    thousands of parameters. Their least and greatest, taken in the database's
-    own collation, bound an index range, so that a chunk is read as a range of
-    both primary keys rather than key by key.
+    One parameter, however many ids: ``json_array_elements_text`` on PostgreSQL,
+    ``json_each`` on SQLite.
     """
-    text = literal(json.dumps(list(ids)), String())
+    values = literal(list(ids), JSON())
     if _dialect(session) == "postgresql":
-        values = func.json_array_elements_text(sql_cast(text, JSON)).table_valued("value")
-    else:
-        values = func.json_each(text).table_valued("value")
-    low = select(func.min(values.c.value)).scalar_subquery()
-    high = select(func.max(values.c.value)).scalar_subquery()
-    listed = select(values.c.value)
-    return (b.account_id.in_(listed) & b.account_id.between(low, high),
-            a.id.in_(listed) & a.id.between(low, high))
+        return func.json_array_elements_text(values).table_valued("value")
+    return func.json_each(values).table_valued("value")
