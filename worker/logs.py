@@ -50,6 +50,8 @@ def _redact_value(key: str, value: Any) -> Any:
         return scrub(value)
     if isinstance(value, Mapping):
         return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_value("", v) for v in value)
     if isinstance(value, Message):
         return _message_ref(value)
     return value
@@ -75,9 +77,10 @@ class RedactRecord(logging.Filter):
             return True  # a structlog event dict; the ``redact`` processor saw it
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
+            # dramatiq logs a message's arguments at debug level ("Received args=%r")
             record.args = tuple(
                 _message_ref(a) if hasattr(a, "actor_name") and hasattr(a, "message_id")
-                else a for a in args)
+                else _redact_value("", a) for a in args)
         record.msg = scrub(record.getMessage())
         record.args = ()
         return True
