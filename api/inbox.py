@@ -82,8 +82,13 @@ class Producer:
                 client = redis.Redis.from_url(broker_mod.redis_url(self._settings),
                                               socket_connect_timeout=CONNECT_TIMEOUT_S,
                                               socket_timeout=SEND_TIMEOUT_S)
-                self._broker = RedisBroker(client=client, middleware=[],
-                                           namespace=self._settings.broker_namespace)
+                # every broker runs dramatiq's maintenance with its own settings:
+                # the worker's, so that this one never deletes dead letters early
+                self._broker = RedisBroker(
+                    client=client, middleware=[], namespace=self._settings.broker_namespace,
+                    heartbeat_timeout=self._settings.heartbeat_timeout_ms,
+                    maintenance_chance=self._settings.maintenance_chance,
+                    dead_message_ttl=self._settings.dead_message_ttl_ms)
             return self._broker
 
     def ping(self) -> bool:

@@ -183,8 +183,9 @@ class Event(Base):
     dedupe_key: Mapped[str | None] = mapped_column(String(400), unique=True)
     #: the request id the sender gave (manual) or the webhook id (leads)
     external_id: Mapped[str | None] = mapped_column(String(200))
-    #: the broker message that carried it, to tell a redelivery from a resend
-    message_id: Mapped[str | None] = mapped_column(String(64))
+    #: the broker message that carried it (manual channel): a redelivery of that
+    #: message finds this row and gets its outcome again; unique, NULL for leads
+    message_id: Mapped[str | None] = mapped_column(String(64), unique=True)
     status: Mapped[str] = mapped_column(String(16))
     #: the validated payload, or for leads and invalid messages the raw body
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from datetime import date, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -90,15 +91,30 @@ def normalise_phone(value: str, *, region: str = "US") -> str:
     return value
 
 
+def _no_control(value: str) -> str:
+    """Refuse control characters in a name or identifier (PostgreSQL refuses NUL anyway)."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters are not allowed")
+    return value
+
+
 TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64),
                          AfterValidator(_check_timezone)]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]
 Phone = Annotated[str, StringConstraints(max_length=40), AfterValidator(normalise_phone)]
-Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-ShortText = Annotated[str, StringConstraints(max_length=200)]
+Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$"),
+                       AfterValidator(_no_control)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control)]
+ShortText = Annotated[str, StringConstraints(max_length=200), AfterValidator(_no_control)]
 ExtraMap = Annotated[dict[Annotated[str, StringConstraints(max_length=64)],
-                          Annotated[str, StringConstraints(max_length=1000)]],
+                          Annotated[str, StringConstraints(max_length=1000),
+                                    AfterValidator(_no_nul)]],
                      Field(max_length=50)]
 
 __all__ = [

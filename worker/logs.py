@@ -36,8 +36,13 @@ _PHONE = re.compile(
 )
 
 
+#: pydantic puts the offending value in its error text
+_INPUT_VALUE = re.compile(r"input_value=.*?, input_type=", re.DOTALL)
+
+
 def scrub(text: str) -> str:
-    """Replace email addresses and phone-like digit runs in ``text``."""
+    """Replace email addresses, phone-like digit runs and pydantic's input values."""
+    text = _INPUT_VALUE.sub("input_value=[redacted], input_type=", text)
     return _PHONE.sub("[phone]", _EMAIL.sub("[email]", text))
 
 
@@ -75,6 +80,9 @@ class RedactRecord(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, dict):
             return True  # a structlog event dict; the ``redact`` processor saw it
+        if record.msg == "Received args=%r kwargs=%r.":  # dramatiq's actor, at debug level
+            record.msg, record.args = "Received a message (arguments not logged).", ()
+            return True
         if record.args:
             args = record.args if isinstance(record.args, tuple) else (record.args,)
             # dramatiq logs a message's arguments at debug level ("Received args=%r")

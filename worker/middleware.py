@@ -38,12 +38,13 @@ class RecordFailure(Middleware):
                               exception: BaseException | None = None) -> None:
         if exception is None or not message.failed:
             return
-        from worker import handlers
+        from worker import deadletters, handlers
 
-        reason = f"{type(exception).__name__}: {exception}"
+        reason = deadletters.reason_of(exception)  # never the values the message carried
         log.error("message.dead_lettered", actor=message.actor_name,
                   message_id=message.message_id, reason=reason[:500],
                   retries=message.options.get("retries", 0))
+        deadletters.remember(broker, message.message_id, reason)  # for `dlq list`
         try:
             handlers.on_dead_letter(message.actor_name, message.args, message.message_id,
                                     reason=reason, exception=exception)

@@ -95,3 +95,23 @@ def test_invalid_input_is_kept_with_its_errors(factory):
         assert event is not None and event.status == "invalid"
         assert event.raw_body is not None and '"request_id": "r"' in event.raw_body
         assert event.errors == [{"loc": ["client"], "msg": "bad"}]
+
+
+def test_a_redelivered_refusal_is_recorded_once(factory):
+    setup_account(factory, "a", monthly=0, now=NOW)
+    payload = manual_payload("a", "req-1")
+    first = create(factory, payload, now=NOW, message_id="msg-1")
+    again = create(factory, payload, now=NOW, message_id="msg-1")
+    assert (again.status, again.event_id) == (Status.refused, first.event_id)
+    assert count(factory, Event) == 1
+
+
+def test_a_redelivered_invalid_message_is_recorded_once(factory):
+    raw = {"request_id": "r", "account_id": "a"}
+    with session_scope(factory) as s:
+        first = intake.record_invalid(s, channel=Channel.manual, raw=raw, errors=[],
+                                      message_id="m", now=NOW)
+    with session_scope(factory) as s:
+        again = intake.record_invalid(s, channel=Channel.manual, raw=raw, errors=[],
+                                      message_id="m", now=NOW)
+    assert again.event_id == first.event_id and count(factory, Event) == 1

@@ -38,7 +38,8 @@ def upgrade() -> None:
     sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('processed_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_events')),
-    sa.UniqueConstraint('dedupe_key', name=op.f('uq_events_dedupe_key'))
+    sa.UniqueConstraint('dedupe_key', name=op.f('uq_events_dedupe_key')),
+    sa.UniqueConstraint('message_id', name=op.f('uq_events_message_id'))
     )
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.create_index('ix_events_account_id_id', ['account_id', 'id'], unique=False)
