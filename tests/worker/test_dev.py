@@ -1,4 +1,4 @@
-"""``casecredits dev``: the README's run command, on the embedded defaults, from a bare directory."""
+"""``casecredits dev``: the README's run command, on embedded defaults, from a bare directory."""
 
 from __future__ import annotations
 
