@@ -199,7 +199,12 @@ class Domain(RuleBasedStateMachine):
 
     @rule(request=requests, same_message=st.booleans())
     def manual_again(self, request: Request, same_message: bool) -> None:
-        """A redelivery (same message) or the main app sending the request again."""
+        """A redelivery (same message) or the main app sending the request again.
+
+        A refused request sent again in a new message is processed afresh (R6: the
+        agent bought credits and retries); the refused message itself, redelivered,
+        gets its first outcome (its id is recorded on the event).
+        """
         message_id = request.message_id if same_message else f"msg-{next(_ids)}"
         model = self.models[request.account_id]
         model.renew(self.now)
@@ -207,6 +212,11 @@ class Domain(RuleBasedStateMachine):
             outcome = self._create(request.account_id, request.request_id, message_id)
             assert outcome.status.value == ("created" if same_message else "duplicate")
             assert outcome.charged_bucket is None or same_message
+            return
+        if same_message:
+            # the refused message itself delivered again: its first outcome, nothing new
+            outcome = self._create(request.account_id, request.request_id, message_id)
+            assert (outcome.status.value, outcome.charged_bucket) == ("refused", None)
             return
         expected = model.charge()
         outcome = self._create(request.account_id, request.request_id, message_id)
