@@ -46,7 +46,7 @@ ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", os.environ.get(
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", os.environ.get(
     "TEST_REDIS_URL", "redis://127.0.0.1:6379/0"))
 #: the bearer token the web process is started with
-INTERNAL_TOKEN = "bench-internal-token"
+INTERNAL_TOKEN = "bench-internal-token"  # noqa: S105 (a scratch run's)
 #: seconds a process gets to stop on SIGTERM before it is killed
 STOP_GRACE_S = 30.0
 T = TypeVar("T")
@@ -178,7 +178,7 @@ class Bench:
         command = command or self.procfile_line(name)
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log:
-            proc = subprocess.Popen(command, shell=True,  # noqa: S602 (a Procfile line)
+            proc = subprocess.Popen(f"exec {command}", shell=True,  # noqa: S602 (Procfile)
                                     cwd=ROOT, env={**self.env, **(extra_env or {})},
                                     stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -215,17 +215,77 @@ class Bench:
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = STOP_GRACE_S) -> None:
-    """SIGTERM the process group, SIGKILL it after ``timeout`` seconds."""
-    if proc.poll() is not None:
-        return
+    """SIGTERM the leader and wait for its whole group; SIGKILL what is left after ``timeout``.
+
+    Only the leader: dramatiq's main process forwards the signal to its workers,
+    and a worker that hears SIGTERM twice stops hard instead of finishing.
+    """
+    group = proc.pid
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _group_alive(group):
+        proc.poll()  # reap the leader, or the group never looks empty
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+        time.sleep(0.05)
+    proc.wait()
+
+
+def _group_alive(group: int) -> bool:
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(group, 0)
     except ProcessLookupError:
-        pass
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSample:
+    """CPU seconds used so far: a process group's, PostgreSQL's, Redis's, and the machine's."""
+
+    group: float
+    postgres: float
+    redis: float
+    machine: float
+
+    def __sub__(self, other: CpuSample) -> CpuSample:
+        return CpuSample(self.group - other.group, self.postgres - other.postgres,
+                         self.redis - other.redis, self.machine - other.machine)
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample(group: int) -> CpuSample:
+    """Read /proc: CPU of process group ``group``, of every postgres and redis-server
+    process (other users of those servers included, and the backends that exited,
+    through the postmaster's count of its reaped children), and busy time of all cores."""
+    own = pg = rd = 0.0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        # with the children it has reaped: the postmaster's exited backends
+        used = sum(int(v) for v in fields[11:15]) / _TICK
+        if int(fields[2]) == group:
+            own += used
+        elif name.startswith("postgres"):
+            pg += used
+        elif name.startswith("redis-server"):
+            rd += used
+    with open("/proc/stat") as f:
+        cpu = [int(v) for v in f.readline().split()[1:]]
+    busy = (sum(cpu) - cpu[3] - cpu[4]) / _TICK  # all but idle and iowait
+    return CpuSample(own, pg, rd, busy)
 
 
 def send_all(producer: RedisBroker, messages: list[Message[Any]], *, threads: int = 4) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import JSON, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -77,7 +77,7 @@ def outcome_of(event: Event, *, duplicate: bool = False) -> Outcome:
     """The outcome recorded on ``event``; as a ``duplicate`` pointing at it when asked."""
     return Outcome(
         event_id=event.id, account_id=event.account_id,
-        request_id=event.external_id or event.id,
+        request_id=(event.external_id or event.id) if event.channel == Channel.manual else event.id,
         status=Status.duplicate if duplicate else Status(event.status), source=event.channel,
         profile_id=event.profile_id,
         charged_bucket=None if duplicate or not event.charged_bucket
@@ -87,55 +87,154 @@ def outcome_of(event: Event, *, duplicate: bool = False) -> Outcome:
     )
 
 
+_PROFILE_COLUMNS = ("id", "account_id", "source", "event_id", "first_name", "last_name", "email",
+                    "phone", "date_of_birth", "state", "extra", "created_by", "created_at")
+
+#: PostgreSQL: a whole manual creation in one statement, in the order of the
+#: general path below: lock the balance, claim the request's key and the message
+#: id with the event row (recorded as created or refused), take the credit and
+#: write its entry only when the claim held (``ledger.charge_ctes``), then the
+#: profile. No row: the account does not exist or a renewal is due. ``claimed``
+#: false: the message was recorded before, or the request is a duplicate.
+_CREATE_MANUAL = text("WITH " + ledger.charge_ctes(after_lock="""
+claim AS (
+    INSERT INTO events (id, account_id, channel, dedupe_key, external_id, message_id, status,
+                        payload, profile_id, charged_bucket, reason, attempts, received_at,
+                        processed_at)
+    SELECT :event_id, :account_id, :channel, :dedupe_key, :request_id, :message_id,
+           CASE WHEN bucket IS NULL THEN :refused ELSE :created END, :payload,
+           CASE WHEN bucket IS NULL THEN NULL ELSE :profile_id END, bucket,
+           CASE WHEN bucket IS NULL THEN :reason END, 1, :now, :now
+    FROM locked
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),""", gate="EXISTS (SELECT 1 FROM claim)") + f"""
+, profile AS (
+    INSERT INTO client_profiles ({", ".join(_PROFILE_COLUMNS)})
+    SELECT {", ".join(f":p_{name}" for name in _PROFILE_COLUMNS)} FROM charged
+)
+SELECT locked.bucket, locked.period_end, EXISTS (SELECT 1 FROM claim) AS claimed,
+       coalesce(charged.monthly_remaining, locked.monthly_remaining) AS monthly_remaining,
+       coalesce(charged.extra_remaining, locked.extra_remaining) AS extra_remaining
+FROM locked LEFT JOIN charged ON true
+""").bindparams(bindparam("payload", type_=JSON), bindparam("p_extra", type_=JSON))  # noqa: S608
+
+#: the general path's statements, for SQLite and for a renewal due on PostgreSQL;
+#: run on the session's connection, with the values as parameters (compiled once)
+_CLAIM: dict[str, Any] = {
+    name: dialect_insert(Event).on_conflict_do_nothing().returning(Event.id)
+    for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
+_ADD_PROFILE = insert(ClientProfile)
+_MARK_CREATED = (update(Event).where(Event.id == bindparam("event_id"))
+                 .values(status=Status.created.value, profile_id=bindparam("profile_id"),
+                         charged_bucket=bindparam("bucket")))
+#: a refusal lets go of the request's key, so that it may come again (R6)
+_REFUSE = (update(Event).where(Event.id == bindparam("event_id"))
+           .values(status=Status.refused.value, reason=bindparam("reason"), dedupe_key=None))
+
+
+def recorded(session: Session, message_id: str | None) -> Event | None:
+    """The event a broker message already recorded, if any: it was delivered again
+    after its outcome committed (a worker killed before the ack, a failed publish)."""
+    if message_id is None:
+        return None
+    return session.execute(
+        select(Event).where(Event.message_id == message_id)).scalar_one_or_none()
+
+
 def create_manual_profile(session: Session, msg: CreateManualProfile, *,
                           message_id: str | None, now: datetime) -> Outcome:
     """Store a manual profile and charge one credit for it, or refuse (R1, R2, R6).
 
     The same message delivered again returns the first outcome unchanged; the
     same request in another message returns ``duplicate``.
+
+    Behind the balance lock, the event row claims the request's key and the
+    message id (both unique): a message delivered again, or a second message of
+    the request, finds the first, even one that waited for the lock while the
+    first committed. Then the charge, the profile, and the event's outcome. On
+    PostgreSQL, when no renewal is due, all of it is one statement.
     """
+    conn = session.connection()
+    outcome = Outcome(event_id=new_id("evt"), account_id=msg.account_id,
+                      request_id=msg.request_id, status=Status.refused,
+                      source=Channel.manual.value)
     key = manual_key(msg.account_id, msg.request_id)
-    event = Event(id=new_id("evt"), account_id=msg.account_id, channel=Channel.manual.value,
-                  external_id=msg.request_id, message_id=message_id,
-                  payload=_redacted_manual(msg), received_at=now, processed_at=now, attempts=1)
+    profile = _profile_row(msg, outcome.event_id, now)
+    event = {"id": outcome.event_id, "account_id": msg.account_id,
+             "channel": Channel.manual.value, "dedupe_key": key,
+             "external_id": msg.request_id, "message_id": message_id,
+             "status": Status.received.value, "payload": _redacted_manual(msg),
+             "received_at": now, "processed_at": now, "attempts": 1}
+    if conn.dialect.name == "postgresql":
+        row = conn.execute(_CREATE_MANUAL, {
+            "event_id": outcome.event_id, "account_id": msg.account_id,
+            "channel": Channel.manual.value, "dedupe_key": key, "request_id": msg.request_id,
+            "message_id": message_id, "refused": Status.refused.value,
+            "created": Status.created.value, "reason": INSUFFICIENT_CREDITS,
+            "payload": event["payload"], "profile_id": profile["id"], "now": now,
+            **{f"p_{name}": value for name, value in profile.items()}}).one_or_none()
+        if row is not None:
+            if not row.claimed:
+                return _seen_before(session, key, message_id)
+            if row.bucket is None:
+                return _refuse(session, outcome, INSUFFICIENT_CREDITS, remaining=Remaining(
+                    monthly_remaining=row.monthly_remaining,
+                    extra_remaining=row.extra_remaining, renews_at=row.period_end))
+            return _created(outcome, profile["id"], Bucket(row.bucket))
+    # the general path: the same steps, one statement each
+    claim = _CLAIM["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     try:
         ledger.lock_balance(session, msg.account_id, now)
     except NotFound:
-        return _refuse(session, event, UNKNOWN_ACCOUNT, remaining=None)
-    existing = session.execute(select(Event).where(Event.dedupe_key == key)).scalar_one_or_none()
-    if existing is not None:
-        return outcome_of(existing, duplicate=existing.message_id != message_id)
-    result = ledger.charge(session, msg.account_id, event_id=event.id, now=now)
-    if result.refused:
-        balance = result.balance
-        return _refuse(session, event, INSUFFICIENT_CREDITS, remaining=Remaining(
-            monthly_remaining=balance.monthly_remaining, extra_remaining=balance.extra_remaining,
-            renews_at=balance.period_end))
+        if conn.execute(claim, {**event, "dedupe_key": None, "status": Status.refused.value,
+                                "reason": UNKNOWN_ACCOUNT}).scalar_one_or_none() is None:
+            return _seen_before(session, key, message_id)
+        outcome.reason = UNKNOWN_ACCOUNT
+        return outcome
+    if conn.execute(claim, event).scalar_one_or_none() is None:
+        return _seen_before(session, key, message_id)
+    result = ledger.charge(session, msg.account_id, event_id=outcome.event_id, now=now)
+    if result.bucket is None:
+        return _refuse(session, outcome, INSUFFICIENT_CREDITS, remaining=Remaining(
+            monthly_remaining=result.monthly_remaining, extra_remaining=result.extra_remaining,
+            renews_at=result.renews_at))
+    conn.execute(_ADD_PROFILE, profile)
+    conn.execute(_MARK_CREATED, {"event_id": outcome.event_id, "profile_id": profile["id"],
+                                 "bucket": result.bucket.value})
+    return _created(outcome, profile["id"], result.bucket)
+
+
+def _profile_row(msg: CreateManualProfile, event_id: str, now: datetime) -> dict[str, Any]:
     client = msg.client
-    profile = ClientProfile(
-        id=new_id("prf"), account_id=msg.account_id, source=Channel.manual.value,
-        event_id=event.id, first_name=client.first_name, last_name=client.last_name,
-        email=client.email, phone=client.phone, date_of_birth=client.date_of_birth,
-        state=client.state, extra=dict(client.extra), created_by=msg.created_by, created_at=now)
-    event.dedupe_key = key
-    event.status = Status.created.value
-    event.profile_id = profile.id
-    event.charged_bucket = result.bucket.value if result.bucket else None
-    session.add(event)
-    session.flush()
-    session.add(profile)
-    session.flush()
-    return outcome_of(event)
+    return {"id": new_id("prf"), "account_id": msg.account_id, "source": Channel.manual.value,
+            "event_id": event_id, "first_name": client.first_name,
+            "last_name": client.last_name, "email": client.email, "phone": client.phone,
+            "date_of_birth": client.date_of_birth, "state": client.state,
+            "extra": dict(client.extra), "created_by": msg.created_by, "created_at": now}
 
 
-def _refuse(session: Session, event: Event, reason: str,
+def _seen_before(session: Session, key: str, message_id: str | None) -> Outcome:
+    """Why a claim did not hold: this very message was recorded before (a redelivery:
+    its first outcome), or another message of the request was (``duplicate``)."""
+    seen = recorded(session, message_id)
+    if seen is not None:
+        return outcome_of(seen)
+    existing = session.execute(select(Event).where(Event.dedupe_key == key)).scalar_one()
+    return outcome_of(existing, duplicate=existing.message_id != message_id)
+
+
+def _created(outcome: Outcome, profile_id: str, bucket: Bucket) -> Outcome:
+    outcome.status, outcome.profile_id, outcome.charged_bucket = (
+        Status.created, profile_id, bucket)
+    return outcome
+
+
+def _refuse(session: Session, outcome: Outcome, reason: str,
             remaining: Remaining | None) -> Outcome:
-    event.status = Status.refused.value
-    event.reason = reason
-    session.add(event)
-    session.flush()
-    outcome = outcome_of(event)
-    outcome.remaining = remaining
+    """Record a refusal on the claimed event and let go of its key (R6)."""
+    session.connection().execute(_REFUSE, {"event_id": outcome.event_id, "reason": reason})
+    outcome.status, outcome.reason, outcome.remaining = Status.refused, reason, remaining
     return outcome
 
 
@@ -149,6 +248,9 @@ def record_invalid(session: Session, *, channel: Channel, raw: Any, errors: list
                    message_id: str | None, now: datetime,
                    source_id: str | None = None) -> Outcome:
     """Keep a message that failed validation, with its errors and its raw body."""
+    seen = recorded(session, message_id)
+    if seen is not None:
+        return outcome_of(seen)
     account_id = raw.get("account_id") if isinstance(raw, dict) else None
     request_id = raw.get("request_id") if isinstance(raw, dict) else None
     event = Event(id=new_id("evt"), account_id=str(account_id or "")[:128],
@@ -256,6 +358,8 @@ def record_failed_manual(session: Session, raw: Any, *, reason: str, message_id:
     if not isinstance(raw, dict):
         return None
     account_id, request_id = str(raw.get("account_id", "")), str(raw.get("request_id", ""))
+    if recorded(session, message_id) is not None:
+        return None
     existing = session.execute(
         select(Event).where(Event.dedupe_key == manual_key(account_id, request_id))
     ).scalar_one_or_none()

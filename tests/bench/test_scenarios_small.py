@@ -1,0 +1,54 @@
+"""The benchmarks' scenarios at a small size, for their correctness checks only.
+
+Each runs the script's own ``run`` (real PostgreSQL, Redis and Procfile
+processes, as ``python -m bench.<name>`` does) and asserts what it checked:
+counts, balances, ``ledger verify``, every 202 a stored event. No timing is
+asserted here; the figures belong in ``bench/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import pytest
+
+from bench import balance, http, worker
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def services(pg_url: str, redis_url: str) -> None:
+    """Skip, as the rest of the suite does, when PostgreSQL or Redis cannot be had."""
+
+
+def test_worker_scenarios_count_and_balance_right(services: None) -> None:
+    """200 creations over 20 accounts all created; 150 on one account holding 100:
+    100 created (33 monthly, 67 extra), 50 refused; the reference actors' charges
+    keep every balance equal to its ledger."""
+    out = io.StringIO()
+    code = worker.run(messages=200, accounts=20, hot_messages=150, hot_credits=100, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "hot account: 100 created, 50 refused (checked)" in text
+    assert "ledger verify: ok: 21 accounts" in text
+    assert "checks: ok" in text and "WRONG" not in text
+
+
+def test_balance_reads_the_right_figures_at_any_ledger_size(services: None) -> None:
+    out = io.StringIO()
+    code = balance.run(small=100, large=5_000, reads=50, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "ledger-5000: 5000 ledger entries loaded" in text
+    assert "ledger verify: ok: 2 accounts" in text and "checks: ok" in text
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_every_accepted_lead_is_a_stored_event(services: None) -> None:
+    out = io.StringIO()
+    code = http.run(seconds=2, connections=4, paced_connections=2, out=out)
+    text = out.getvalue()
+    assert code == 0, text
+    assert "each one a stored event of the source" in text and "checks: ok" in text
