@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,10 @@ from db.engine import make_engine, make_session_factory
 from db.migrate import upgrade
 from tests import services
 from worker import runtime
+
+# The Procfile lines and the CLI run as processes: find this environment's
+# uvicorn, dramatiq and casecredits even when the venv is not activated (CI).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 _counter = itertools.count()
 _pg_skip: str | None = None

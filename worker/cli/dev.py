@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import typer
 
@@ -36,6 +37,8 @@ def dev(port: int = typer.Option(8000, "--port", help="HTTP port of the web proc
     """Run web, worker and scheduler from the Procfile, with readable logs; Ctrl-C stops."""
     settings = get_settings()
     env = dict(os.environ)
+    # the Procfile names uvicorn, dramatiq and casecredits: find ours without `activate`
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("LOG_FORMAT", "console")
     env["PORT"] = str(port)
     env["WORKER_PROCESSES"] = str(processes)
