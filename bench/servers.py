@@ -24,6 +24,10 @@ import redis
 #: seconds a server gets to answer after a start
 START_TIMEOUT_S = 30.0
 
+#: runuser lives in /usr/sbin, which a minimal PATH may lack
+_RUNUSER = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") \
+    or "runuser"
+
 
 def spare_port() -> int:
     """A TCP port nothing listens on right now."""
@@ -67,7 +71,7 @@ class ScratchPostgres:
     def _run(self, *args: str) -> None:
         command = [str(self.bin / args[0]), *args[1:]]
         if self._as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
+            command = [_RUNUSER, "-u", "postgres", "--", *command]
         done = subprocess.run(command, check=False, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
         if done.returncode:
