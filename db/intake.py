@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -203,6 +204,158 @@ def create_manual_profile(session: Session, msg: CreateManualProfile, *,
     conn.execute(_MARK_CREATED, {"event_id": outcome.event_id, "profile_id": profile["id"],
                                  "bucket": result.bucket.value})
     return _created(outcome, profile["id"], result.bucket)
+
+
+def create_manual_profiles(session: Session,
+                           batch: Sequence[tuple[CreateManualProfile, str | None]], *,
+                           now: datetime) -> list[Outcome]:
+    """Several manual creations, each with its broker message id, in one transaction.
+
+    Each ends as :func:`create_manual_profile` would end it, run alone in the
+    batch's order: a second message of a request in the batch finds the first
+    one's claim, the second creation on an account sees the first one's charge.
+    The caller commits once.
+
+    On PostgreSQL one statement (:data:`_CREATE_MANUAL_BATCH`) does the work of
+    the whole batch: it locks the balances in account order (so batches that
+    share accounts cannot deadlock; the scheduled renewal skips locked rows),
+    claims every event, takes the credits and writes the entries and profiles;
+    refusals then let go of their keys. What that statement leaves to the
+    one-at-a-time path, in the same transaction: a request or message that
+    comes twice in the batch (the second), an account that does not exist or is
+    due a renewal, and, should any claim fail (a redelivery, a request seen
+    before), the whole batch, after its claims are taken back.
+    """
+    if len(batch) < 2 or session.connection().dialect.name != "postgresql":
+        return _one_by_one(session, batch, range(len(batch)), now)
+    outcomes: list[Outcome | None] = [None] * len(batch)
+    first: list[int] = []
+    seen: set[Any] = set()
+    for i, (msg, message_id) in enumerate(batch):
+        keys = {("r", msg.account_id, msg.request_id)} | (
+            {("m", message_id)} if message_id is not None else set())
+        if keys & seen:
+            continue
+        seen |= keys
+        first.append(i)
+    decided = _create_batch(session, [(i, *batch[i]) for i in first], now)
+    if decided is None:  # a claim failed: all of it one by one
+        return _one_by_one(session, batch, range(len(batch)), now)
+    for i, outcome in decided.items():
+        outcomes[i] = outcome
+    rest = [i for i in range(len(batch)) if outcomes[i] is None]
+    for i, outcome in zip(rest, _one_by_one(session, batch, rest, now), strict=True):
+        outcomes[i] = outcome
+    return [o for o in outcomes if o is not None]
+
+
+def _one_by_one(session: Session, batch: Sequence[tuple[CreateManualProfile, str | None]],
+                indexes: Sequence[int], now: datetime) -> list[Outcome]:
+    """:func:`create_manual_profile` for ``batch[i]``, each ``i`` of ``indexes``, in
+    account order; the outcomes in the order of ``indexes``."""
+    outcomes: dict[int, Outcome] = {}
+    for i in sorted(indexes, key=lambda i: (batch[i][0].account_id, i)):
+        msg, message_id = batch[i]
+        outcomes[i] = create_manual_profile(session, msg, message_id=message_id, now=now)
+    return [outcomes[i] for i in indexes]
+
+
+def _compact(sql: str) -> str:
+    """The statement on one line: psycopg caches its parse of statements up to 4 KiB."""
+    return " ".join(sql.split())
+
+
+#: every claim of the batch held
+_GATE = "(SELECT count(*) FROM claim) = (SELECT count(*) FROM decided)"
+#: the input of :data:`_CREATE_MANUAL_BATCH`: one JSON array of rows, one parameter
+_BATCH_COLUMNS = {
+    "n": "int", "event_id": "text", "account_id": "text", "dedupe_key": "text",
+    "request_id": "text", "message_id": "text", "payload": "json", "profile_id": "text",
+    "first_name": "text", "last_name": "text", "email": "text", "phone": "text",
+    "date_of_birth": "date", "state": "text", "extra": "json", "created_by": "text"}
+
+#: PostgreSQL: a batch of manual creations in one statement (see
+#: :func:`create_manual_profiles`). The events are claimed as ``created`` or
+#: ``refused`` as decided; the balances, entries and profiles are written only
+#: if every claim held (``gate``). One row per event of a locked account.
+_CREATE_MANUAL_BATCH = text(_compact("""WITH input AS MATERIALIZED (
+    SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS t(""" + ", ".join(  # noqa: S608
+        f"{name} {kind}" for name, kind in _BATCH_COLUMNS.items()) + """)
+),""" + ledger.charge_batch_ctes(after_decide="""
+claim AS (
+    INSERT INTO events (id, account_id, channel, dedupe_key, external_id, message_id, status,
+                        payload, profile_id, charged_bucket, reason, attempts, received_at,
+                        processed_at)
+    SELECT event_id, account_id, :channel, dedupe_key, request_id, message_id,
+           CASE WHEN bucket IS NULL THEN :refused ELSE :created END, payload,
+           CASE WHEN bucket IS NULL THEN NULL ELSE profile_id END, bucket,
+           CASE WHEN bucket IS NULL THEN :reason END, 1, :now, :now
+    FROM decided ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING id
+),""", gate=_GATE) + f"""
+, profile AS (
+    INSERT INTO client_profiles (id, account_id, source, event_id, first_name, last_name, email,
+                                 phone, date_of_birth, state, extra, created_by, created_at)
+    SELECT profile_id, account_id, :channel, event_id, first_name, last_name, email, phone,
+           date_of_birth, state, extra, created_by, :now
+    FROM decided WHERE bucket IS NOT NULL AND ({_GATE})
+)
+SELECT n, bucket, monthly_after, extra_after, period_end,
+       (SELECT count(*) FROM claim) AS claimed
+FROM decided
+"""))  # noqa: S608 (only code's own fragments go in)
+_TAKE_BACK = text("DELETE FROM events WHERE id = ANY(CAST(:ids AS text[]))")
+_RELEASE = text("UPDATE events SET dedupe_key = NULL WHERE id = ANY(CAST(:ids AS text[]))")
+
+
+def _create_batch(session: Session, items: list[tuple[int, CreateManualProfile, str | None]],
+                  now: datetime) -> dict[int, Outcome] | None:
+    """:data:`_CREATE_MANUAL_BATCH` for ``items`` (index, message, message id), whose
+    requests and message ids are distinct; the outcome of each item it decided,
+    by index, or None when a claim failed (nothing of it is left then)."""
+    rows_in: list[dict[str, Any]] = []
+    by_n: dict[int, tuple[int, Outcome]] = {}
+    for n, (i, msg, message_id) in enumerate(items, start=1):
+        outcome = Outcome(event_id=new_id("evt"), account_id=msg.account_id,
+                          request_id=msg.request_id, status=Status.created,
+                          source=Channel.manual.value, profile_id=new_id("prf"))
+        by_n[n] = (i, outcome)
+        client = msg.client
+        rows_in.append({
+            "n": n, "event_id": outcome.event_id, "account_id": msg.account_id,
+            "dedupe_key": manual_key(msg.account_id, msg.request_id),
+            "request_id": msg.request_id, "message_id": message_id,
+            "payload": _redacted_manual(msg), "profile_id": outcome.profile_id,
+            "first_name": client.first_name, "last_name": client.last_name,
+            "email": client.email, "phone": client.phone,
+            "date_of_birth": client.date_of_birth.isoformat() if client.date_of_birth else None,
+            "state": client.state, "extra": dict(client.extra), "created_by": msg.created_by})
+    conn = session.connection()
+    rows = conn.execute(_CREATE_MANUAL_BATCH, {
+        "rows": json.dumps(rows_in), "channel": Channel.manual.value,
+        "refused": Status.refused.value, "created": Status.created.value,
+        "reason": INSUFFICIENT_CREDITS, "now": now}).all()
+    if rows and rows[0].claimed != len(rows):
+        conn.execute(_TAKE_BACK, {"ids": [by_n[row.n][1].event_id for row in rows]})
+        return None
+    decided: dict[int, Outcome] = {}
+    refused: list[str] = []
+    for row in rows:
+        i, outcome = by_n[row.n]
+        if row.bucket is None:
+            outcome.status, outcome.profile_id = Status.refused, None
+            outcome.reason = INSUFFICIENT_CREDITS
+            outcome.remaining = Remaining(monthly_remaining=row.monthly_after,
+                                          extra_remaining=row.extra_after,
+                                          renews_at=row.period_end)
+            refused.append(outcome.event_id)
+        else:
+            outcome.charged_bucket = Bucket(row.bucket)
+        decided[i] = outcome
+    if refused:
+        conn.execute(_RELEASE, {"ids": refused})
+    return decided
 
 
 def _profile_row(msg: CreateManualProfile, event_id: str, now: datetime) -> dict[str, Any]:

@@ -300,6 +300,75 @@ charged AS (
 )"""  # noqa: S608 (only code's own fragments go in)
 
 
+def charge_batch_ctes(*, after_decide: str, gate: str) -> str:
+    """:func:`charge` for several events at once, as SQL common table expressions.
+
+    For PostgreSQL, after the caller's first CTE ``input``: one row per event,
+    with ``n`` (its place in the batch), ``account_id``, ``event_id`` and any
+    columns of the caller's. In order:
+
+    * ``locked``: the balance rows of the batch's accounts, locked ``FOR UPDATE``
+      in account order, without those whose period has ended (their events
+      must take :func:`charge`'s general path, which renews first);
+    * ``decided``: each event of a locked account (the input's columns and the
+      balance's), with ``k``, its rank among its account's events, and the
+      ``bucket`` the rules pick for it as if the first ``k - 1`` were charged
+      one by one: unlimited, else monthly while ``k`` is within the monthly
+      credits, else extra while within both, else NULL (a refusal); and
+      ``monthly_after`` and ``extra_after``, what the balance holds after it;
+    * ``after_decide``: the caller's own CTEs, each ending in a comma;
+    * ``charged``: every balance less its events' credits, where ``gate`` (a SQL
+      condition) holds;
+    * ``entry``: a ledger entry per charged event, in order, as :func:`_write`
+      writes it.
+
+    Parameters: ``:now``.
+    """
+    return f"""
+locked AS MATERIALIZED (
+    SELECT account_id, period, period_end, unlimited, monthly_remaining, extra_remaining
+    FROM balances
+    WHERE account_id IN (SELECT account_id FROM input) AND period_end > :now
+    ORDER BY account_id
+    FOR UPDATE
+), decided AS MATERIALIZED (
+    SELECT r.*,
+           CASE WHEN r.unlimited THEN 'unlimited' WHEN r.k <= r.monthly_remaining THEN 'monthly'
+                WHEN r.k <= r.monthly_remaining + r.extra_remaining THEN 'extra' END AS bucket,
+           CASE WHEN r.unlimited THEN r.monthly_remaining
+                ELSE greatest(r.monthly_remaining - r.k, 0) END AS monthly_after,
+           CASE WHEN r.unlimited THEN r.extra_remaining
+                ELSE greatest(r.extra_remaining - greatest(r.k - r.monthly_remaining, 0), 0)
+           END AS extra_after
+    FROM (SELECT i.*, l.period, l.period_end, l.unlimited, l.monthly_remaining,
+                 l.extra_remaining,
+                 row_number() OVER (PARTITION BY i.account_id ORDER BY i.n) AS k
+          FROM input AS i JOIN locked AS l ON l.account_id = i.account_id) AS r
+), {after_decide}
+charged AS (
+    UPDATE balances AS b SET
+        monthly_remaining = b.monthly_remaining - c.monthly,
+        monthly_used = b.monthly_used + c.monthly,
+        extra_remaining = b.extra_remaining - c.extra,
+        unlimited_used = b.unlimited_used + c.unlimited,
+        updated_at = :now
+    FROM (SELECT account_id, count(*) FILTER (WHERE bucket = 'monthly') AS monthly,
+                 count(*) FILTER (WHERE bucket = 'extra') AS extra,
+                 count(*) FILTER (WHERE bucket = 'unlimited') AS unlimited
+          FROM decided WHERE bucket IS NOT NULL GROUP BY account_id) AS c
+    WHERE b.account_id = c.account_id AND ({gate})
+    RETURNING b.account_id
+), entry AS (
+    INSERT INTO ledger_entries (account_id, kind, bucket, amount, period, idempotency_key,
+                                event_id, monthly_after, extra_after, created_at)
+    SELECT account_id, CASE bucket WHEN 'unlimited' THEN 'unlimited_usage' ELSE 'charge' END,
+           bucket, CASE bucket WHEN 'unlimited' THEN 0 ELSE -1 END, period,
+           'charge:' || event_id, event_id, monthly_after, extra_after, :now
+    FROM decided WHERE bucket IS NOT NULL AND ({gate})
+    ORDER BY account_id, k
+)"""  # noqa: S608 (only code's own fragments go in)
+
+
 #: :func:`charge` in one round trip; no row when the general path must run
 _CHARGE_ONE = text("WITH " + charge_ctes() + """
 SELECT locked.bucket, locked.period_end,

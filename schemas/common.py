@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import re
-import unicodedata
 from datetime import date, datetime
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,9 +90,13 @@ def normalise_phone(value: str, *, region: str = "US") -> str:
     return value
 
 
+#: Unicode's control characters (category Cc): C0, DEL and C1
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _no_control(value: str) -> str:
     """Refuse control characters in a name or identifier (PostgreSQL refuses NUL anyway)."""
-    if any(unicodedata.category(c) == "Cc" for c in value):
+    if _CONTROL.search(value):
         raise ValueError("control characters are not allowed")
     return value
 

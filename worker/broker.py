@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import current_millis
 from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
@@ -16,6 +18,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from redis.exceptions import NoScriptError
 
 from db.errors import DomainError
 from worker import embedded
@@ -86,6 +89,43 @@ def _has_broker() -> bool:
 
 def publish(queue_name: str, actor_name: str, payload: dict[str, Any]) -> None:
     """Send a message to an actor we do not run (``profile_outcome``, the main app's)."""
+    publish_many(queue_name, actor_name, [payload])
+
+
+def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]]) -> None:
+    """:func:`publish` each payload, in one round trip to Redis.
+
+    Each message is enqueued exactly as ``RedisBroker.enqueue`` does it (the
+    broker's ``dispatch`` script with its ``enqueue`` command, and the
+    middleware's enqueue hooks), through one pipeline. This leans on the
+    broker's internals of the pinned dramatiq (2.2.1); ``tests/worker/test_broker.py``
+    checks that a consumer gets what this sends.
+    """
     broker = dramatiq.get_broker()
-    broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name, args=(payload,),
-                           kwargs={}, options={}))
+    messages: list[Message[Any]] = [
+        Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
+                options={}) for payload in payloads]
+    if len(messages) < 2 or not isinstance(broker, RedisBroker):
+        for message in messages:
+            broker.enqueue(message)
+        return
+    sha = broker.scripts["dispatch"].sha
+    sent = []
+    with broker.client.pipeline(transaction=False) as pipe:
+        for i, message in enumerate(messages):
+            message = message.copy(options={"redis_message_id": str(uuid4())})
+            broker.emit_before("enqueue", message, None)
+            pipe.evalsha(sha, 1, broker.namespace, "enqueue", current_millis(), queue_name,
+                         broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl,
+                         broker._should_do_maintenance("enqueue") if i == 0 else 0,
+                         broker._max_unpack_size(), message.options["redis_message_id"],
+                         message.encode())
+            sent.append(message)
+        try:
+            pipe.execute()
+        except NoScriptError:  # Redis restarted empty: the broker loads its script again
+            for message in messages:
+                broker.enqueue(message)
+            return
+    for message in sent:
+        broker.emit_after("enqueue", message, None)

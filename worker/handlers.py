@@ -6,6 +6,8 @@ same path without a broker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -24,8 +26,10 @@ from schemas.messages import (
 )
 from worker import broker as broker_mod
 from worker import metrics, runtime
+from worker.batching import GroupCommit
 from worker.broker import InvalidMessage
 from worker.logs import get_logger
+from worker.settings import get_settings
 
 log = get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -62,13 +66,27 @@ def publish(outcome: Outcome) -> None:
 
 
 def create_manual_profile(payload: Any, *, message_id: str | None) -> Outcome:
+    """Parse, then create and publish together with what other threads of this process
+    create meanwhile (one transaction, one round trip to Redis: :mod:`worker.batching`)."""
     msg = parse(CreateManualProfile, payload, channel=Channel.manual, message_id=message_id)
-    with session_scope(runtime.sessions()) as session:
-        outcome = intake.create_manual_profile(session, msg, message_id=message_id,
-                                               now=runtime.now())
+    outcome = _manual_batches().submit((msg, message_id))
     _log_outcome(outcome)
-    publish(outcome)
     return outcome
+
+
+def _create_manual_batch(batch: Sequence[tuple[CreateManualProfile, str | None]]
+                         ) -> list[Outcome]:
+    """The batch's creations in one transaction, then their outcomes in one round trip."""
+    with session_scope(runtime.sessions()) as session:
+        outcomes = intake.create_manual_profiles(session, batch, now=runtime.now())
+    broker_mod.publish_many(QUEUE_OUTCOMES, "profile_outcome",
+                            [o.message().model_dump(mode="json") for o in outcomes])
+    return outcomes
+
+
+@lru_cache(maxsize=1)
+def _manual_batches() -> GroupCommit[tuple[CreateManualProfile, str | None], Outcome]:
+    return GroupCommit(_create_manual_batch, max_size=get_settings().worker_batch_max)
 
 
 def ingest_lead(payload: Any, *, message_id: str | None) -> Outcome | None:

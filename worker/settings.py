@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: str = "INFO"
     db_pool_size: int = 10
+    #: most manual creations one worker process commits together (worker/batching.py);
+    #: 1 commits each on its own
+    worker_batch_max: int = Field(default=16, ge=1)
     #: serve the worker's metrics (dramatiq's and ours) on port 9191 (dramatiq_prom_port)
     worker_metrics: bool = False
 

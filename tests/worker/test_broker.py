@@ -1,0 +1,56 @@
+"""Outcomes published in one round trip reach a consumer as ``enqueue`` would send them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dramatiq
+import dramatiq.broker
+import pytest
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker
+
+from worker import broker as broker_mod
+
+
+@pytest.fixture
+def broker(redis_url: str, namespace: str) -> Iterator[RedisBroker]:
+    before = getattr(dramatiq.broker, "global_broker", None)
+    redis_broker = RedisBroker(url=redis_url, namespace=namespace, middleware=[])
+    dramatiq.set_broker(redis_broker)
+    yield redis_broker
+    dramatiq.broker.global_broker = before
+    redis_broker.client.close()
+
+
+def drain(broker: RedisBroker, queue: str, expected: int) -> list[MessageProxy]:
+    consumer = broker.consume(queue, prefetch=expected, timeout=500)
+    got = []
+    for _ in range(expected * 4):
+        message = next(consumer)
+        if message is not None:
+            got.append(message)
+            consumer.ack(message)
+        if len(got) == expected:
+            break
+    consumer.close()
+    return got
+
+
+def test_publish_many_sends_each_payload_in_order(broker):
+    payloads = [{"event_id": f"evt_{i}", "status": "created"} for i in range(5)]
+    broker_mod.publish_many("profile_outcomes", "profile_outcome", payloads)
+    got = drain(broker, "profile_outcomes", 5)
+    assert [m.args for m in got] == [(p,) for p in payloads]
+    assert {m.actor_name for m in got} == {"profile_outcome"}
+    assert len({m.options["redis_message_id"] for m in got}) == 5
+    assert len({m.message_id for m in got}) == 5
+
+
+def test_publish_many_falls_back_to_enqueue_when_redis_lost_the_script(broker, monkeypatch):
+    monkeypatch.setattr(broker.scripts["dispatch"], "sha", "0" * 40)  # as after a restart
+    broker_mod.publish_many("profile_outcomes", "profile_outcome",
+                            [{"event_id": "evt_a"}, {"event_id": "evt_b"}])
+    monkeypatch.undo()
+    got = drain(broker, "profile_outcomes", 2)
+    assert [m.args[0]["event_id"] for m in got] == ["evt_a", "evt_b"]
