@@ -16,10 +16,13 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, insert, select, text, update
+from psycopg.rows import namedtuple_row
+from sqlalchemy import JSON, TextClause, bindparam, insert, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -331,13 +334,18 @@ def _create_batch(session: Session, items: list[tuple[int, CreateManualProfile, 
             "email": client.email, "phone": client.phone,
             "date_of_birth": client.date_of_birth.isoformat() if client.date_of_birth else None,
             "state": client.state, "extra": dict(client.extra), "created_by": msg.created_by})
-    conn = session.connection()
-    rows = conn.execute(_CREATE_MANUAL_BATCH, {
+    # psycopg's own cursor, in the session's transaction: SQLAlchemy's execute path cost
+    # more CPU than the statement's whole batch of parameters
+    driver = session.connection().connection.driver_connection
+    assert driver is not None  # a checked-out connection
+    cursor = driver.cursor(row_factory=namedtuple_row)
+    rows = cursor.execute(_pyformat(_CREATE_MANUAL_BATCH), {
         "rows": json.dumps(rows_in), "channel": Channel.manual.value,
         "refused": Status.refused.value, "created": Status.created.value,
-        "reason": INSUFFICIENT_CREDITS, "now": now}).all()
+        "reason": INSUFFICIENT_CREDITS, "now": now}).fetchall()
     if rows and rows[0].claimed != len(rows):
-        conn.execute(_TAKE_BACK, {"ids": [by_n[row.n][1].event_id for row in rows]})
+        cursor.execute(_pyformat(_TAKE_BACK),
+                       {"ids": [by_n[row.n][1].event_id for row in rows]})
         return None
     decided: dict[int, Outcome] = {}
     refused: list[str] = []
@@ -348,14 +356,20 @@ def _create_batch(session: Session, items: list[tuple[int, CreateManualProfile, 
             outcome.reason = INSUFFICIENT_CREDITS
             outcome.remaining = Remaining(monthly_remaining=row.monthly_after,
                                           extra_remaining=row.extra_after,
-                                          renews_at=row.period_end)
+                                          renews_at=row.period_end.astimezone(UTC))
             refused.append(outcome.event_id)
         else:
             outcome.charged_bucket = Bucket(row.bucket)
         decided[i] = outcome
     if refused:
-        conn.execute(_RELEASE, {"ids": refused})
+        cursor.execute(_pyformat(_RELEASE), {"ids": refused})
     return decided
+
+
+@cache
+def _pyformat(statement: TextClause) -> str:
+    """A statement as psycopg takes it (``%(name)s`` parameters), compiled once."""
+    return str(statement.compile(dialect=postgresql.psycopg.dialect()))
 
 
 def _profile_row(msg: CreateManualProfile, event_id: str, now: datetime) -> dict[str, Any]:

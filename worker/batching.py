@@ -34,8 +34,10 @@ class _Slot(Generic[T, R]):
 
     def __init__(self, item: T) -> None:
         self.item = item
-        self.done = threading.Event()
-        self.lead = False  # set with ``done``: this caller runs the next batch
+        #: held until the slot is done: a plain lock is cheaper to wait on than an Event
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.lead = False  # set before ``done`` is released: this caller runs the next batch
         self.result: R | None = None
         self.error: BaseException | None = None
         self.finished = False  # a result or an error is set
@@ -73,7 +75,7 @@ class GroupCommit(Generic[T, R]):
             lead = not self._busy
             self._busy = True
         if not lead:
-            slot.done.wait()
+            slot.done.acquire()
             if not slot.lead:
                 return slot.outcome()
         with self._lock:
@@ -111,11 +113,12 @@ class GroupCommit(Generic[T, R]):
             if not slot.finished:  # the run was interrupted (an exception in this thread)
                 slot.error = RuntimeError("the batch this message was in did not finish")
                 slot.finished = True
-            slot.done.set()
+            if slot.done.locked():
+                slot.done.release()
         with self._lock:
             if self._queue:
                 head = self._queue[0]
                 head.lead = True
-                head.done.set()
+                head.done.release()
             else:
                 self._busy = False

@@ -102,29 +102,28 @@ def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]
     checks that a consumer gets what this sends.
     """
     broker = dramatiq.get_broker()
-    messages: list[Message[Any]] = [
-        Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
-                options={}) for payload in payloads]
-    if len(messages) < 2 or not isinstance(broker, RedisBroker):
-        for message in messages:
-            broker.enqueue(message)
+    if len(payloads) < 2 or not isinstance(broker, RedisBroker):
+        for payload in payloads:
+            broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name,
+                                   args=(payload,), kwargs={}, options={}))
         return
+    # as ``enqueue`` makes them: a Redis id of each message's own, in its options
+    sent: list[Message[Any]] = [
+        Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
+                options={"redis_message_id": str(uuid4())}) for payload in payloads]
     sha = broker.scripts["dispatch"].sha
-    sent = []
     with broker.client.pipeline(transaction=False) as pipe:
-        for i, message in enumerate(messages):
-            message = message.copy(options={"redis_message_id": str(uuid4())})
+        for i, message in enumerate(sent):
             broker.emit_before("enqueue", message, None)
             pipe.evalsha(sha, 1, broker.namespace, "enqueue", current_millis(), queue_name,
                          broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl,
                          broker._should_do_maintenance("enqueue") if i == 0 else 0,
                          broker._max_unpack_size(), message.options["redis_message_id"],
                          message.encode())
-            sent.append(message)
         try:
             pipe.execute()
         except NoScriptError:  # Redis restarted empty: the broker loads its script again
-            for message in messages:
+            for message in sent:
                 broker.enqueue(message)
             return
     for message in sent:
