@@ -61,23 +61,28 @@ def _make_counters() -> _Counters:
     )
 
 
+@lru_cache(maxsize=1024)
+def _child(name: str, *values: str) -> Any:
+    """The counter ``name`` for these label values (``labels()`` costs ~4 us a call)."""
+    return getattr(_counters(), name).labels(*values)
+
+
 def count_event(channel: str, status: str) -> None:
     """One event reached ``status`` on ``channel``."""
-    _counters().events.labels(channel=channel, status=status).inc()
+    _child("events", channel, status).inc()
 
 
 def count_outcome(outcome: Outcome) -> None:
     """Count an event's outcome, its charge and its refusal (the worker's side)."""
-    counters = _counters()
-    counters.events.labels(channel=outcome.source, status=outcome.status.value).inc()
+    _child("events", outcome.source, outcome.status.value).inc()
     if outcome.charged_bucket is not None:
-        counters.charges.labels(bucket=outcome.charged_bucket.value).inc()
+        _child("charges", outcome.charged_bucket.value).inc()
     if outcome.status is Status.refused:
-        counters.refusals.labels(reason=outcome.reason or "unknown").inc()
+        _child("refusals", outcome.reason or "unknown").inc()
 
 
 def count_request(method: str, route: str, status: int) -> None:
-    _counters().http_requests.labels(method=method, route=route, status=str(status)).inc()
+    _child("http_requests", method, route, str(status)).inc()
 
 
 def exposition() -> tuple[bytes, str]:
