@@ -9,6 +9,7 @@ import dramatiq.broker
 import pytest
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
 
 from worker import broker as broker_mod
 
@@ -54,3 +55,23 @@ def test_publish_many_falls_back_to_enqueue_when_redis_lost_the_script(broker, m
     monkeypatch.undo()
     got = drain(broker, "profile_outcomes", 2)
     assert [m.args[0]["event_id"] for m in got] == ["evt_a", "evt_b"]
+
+
+class Recording(Middleware):
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def before_enqueue(self, broker, message, delay):
+        self.seen.append(f"before {message.args[0]['event_id']}")
+
+    def after_enqueue(self, broker, message, delay):
+        self.seen.append(f"after {message.args[0]['event_id']}")
+
+
+def test_publish_many_runs_the_enqueue_hooks_of_middleware_that_has_them(broker):
+    recording = Recording()
+    broker.add_middleware(recording)
+    broker_mod.publish_many("profile_outcomes", "profile_outcome",
+                            [{"event_id": "evt_a"}, {"event_id": "evt_b"}])
+    assert recording.seen == ["before evt_a", "before evt_b", "after evt_a", "after evt_b"]
+    assert len(drain(broker, "profile_outcomes", 2)) == 2
