@@ -7,7 +7,6 @@ from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis
 from dramatiq.message import Message
 from dramatiq.middleware import (
     AgeLimit,
@@ -19,7 +18,6 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
-from redis.exceptions import NoScriptError
 
 from db.errors import DomainError
 from worker import embedded
@@ -96,11 +94,14 @@ def publish(queue_name: str, actor_name: str, payload: dict[str, Any]) -> None:
 def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]]) -> None:
     """:func:`publish` each payload, in one round trip to Redis.
 
-    Each message is enqueued exactly as ``RedisBroker.enqueue`` does it (the
-    broker's ``dispatch`` script with its ``enqueue`` command, and the
-    middleware's enqueue hooks), through one pipeline. This leans on the
-    broker's internals of the pinned dramatiq (2.2.1); ``tests/worker/test_broker.py``
-    checks that a consumer gets what this sends.
+    The messages are stored where ``RedisBroker.enqueue`` stores them (its
+    ``dispatch`` script's ``enqueue``: the message under a Redis id of its own
+    in the queue's ``.msgs`` hash, that id at the end of the queue's list), all
+    of them in one ``MULTI``/``EXEC``, so that a consumer sees all or none.
+    The broker's maintenance and heartbeat, which ``dispatch`` also does, run
+    on the worker's own fetches and acks anyway. This leans on the storage
+    layout of the pinned dramatiq (2.2.1); ``tests/worker/test_broker.py`` checks
+    that a consumer gets what this sends.
     """
     broker = dramatiq.get_broker()
     if len(payloads) < 2 or not isinstance(broker, RedisBroker):
@@ -108,27 +109,20 @@ def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]
             broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name,
                                    args=(payload,), kwargs={}, options={}))
         return
-    # as ``enqueue`` makes them: a Redis id of each message's own, in its options
     sent: list[Message[Any]] = [
         Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
                 options={"redis_message_id": str(uuid4())}) for payload in payloads]
-    sha = broker.scripts["dispatch"].sha
     hooked = _enqueue_hooked(broker)
-    with broker.client.pipeline(transaction=False) as pipe:
-        for i, message in enumerate(sent):
-            if hooked:
-                broker.emit_before("enqueue", message, None)
-            pipe.evalsha(sha, 1, broker.namespace, "enqueue", current_millis(), queue_name,
-                         broker.broker_id, broker.heartbeat_timeout, broker.dead_message_ttl,
-                         broker._should_do_maintenance("enqueue") if i == 0 else 0,
-                         broker._max_unpack_size(), message.options["redis_message_id"],
-                         message.encode())
-        try:
-            pipe.execute()
-        except NoScriptError:  # Redis restarted empty: the broker loads its script again
-            for message in sent:
-                broker.enqueue(message)
-            return
+    if hooked:
+        for message in sent:
+            broker.emit_before("enqueue", message, None)
+    queue = f"{broker.namespace}:{queue_name}"
+    ids = [message.options["redis_message_id"] for message in sent]
+    with broker.client.pipeline(transaction=True) as pipe:
+        pipe.hset(f"{queue}.msgs", mapping={
+            redis_id: message.encode() for redis_id, message in zip(ids, sent, strict=True)})
+        pipe.rpush(queue, *ids)
+        pipe.execute()
     if hooked:
         for message in sent:
             broker.emit_after("enqueue", message, None)

@@ -48,13 +48,20 @@ def test_publish_many_sends_each_payload_in_order(broker):
     assert len({m.message_id for m in got}) == 5
 
 
-def test_publish_many_falls_back_to_enqueue_when_redis_lost_the_script(broker, monkeypatch):
-    monkeypatch.setattr(broker.scripts["dispatch"], "sha", "0" * 40)  # as after a restart
+def test_publish_many_queues_behind_and_before_what_enqueue_sends(broker):
+    def one(event_id: str) -> dramatiq.Message:
+        return dramatiq.Message(queue_name="profile_outcomes", actor_name="profile_outcome",
+                                args=({"event_id": event_id},), kwargs={}, options={})
+
+    broker.enqueue(one("evt_1"))
     broker_mod.publish_many("profile_outcomes", "profile_outcome",
-                            [{"event_id": "evt_a"}, {"event_id": "evt_b"}])
-    monkeypatch.undo()
-    got = drain(broker, "profile_outcomes", 2)
-    assert [m.args[0]["event_id"] for m in got] == ["evt_a", "evt_b"]
+                            [{"event_id": "evt_2"}, {"event_id": "evt_3"}])
+    broker.enqueue(one("evt_4"))
+    got = drain(broker, "profile_outcomes", 4)
+    assert [m.args[0]["event_id"] for m in got] == ["evt_1", "evt_2", "evt_3", "evt_4"]
+    namespace = broker.namespace
+    assert broker.client.hlen(f"{namespace}:profile_outcomes.msgs") == 0  # acked: gone
+    assert broker.client.llen(f"{namespace}:profile_outcomes") == 0
 
 
 class Recording(Middleware):
