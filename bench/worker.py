@@ -1,10 +1,10 @@
 """Benchmark: manual creations through the real worker, against reference actors, in one run.
 
     python -m bench.worker [--messages 20000] [--accounts 1000] [--hot-messages 5000]
-                           [--hot-credits 3000] [--rounds 1] [--py-spy DIR]
+                           [--hot-credits 3000] [--rounds 1] [--py-spy DIR] [--threads 8]
 
 Each round enqueues a batch of messages first, then starts the Procfile's
-``worker`` line (2 processes x 8 threads) and times how fast the queue drains:
+``worker`` line (2 processes x 8 threads, or ``--threads``) and times how fast the queue drains:
 
 1. the no-op actor of ``bench.noop_actors`` (the same worker line with that
    module in place of ``worker.actors``), ``--messages`` manual-creation payloads;
@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the no-op and bare-charge actors (no ratios)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
                         help="record the manual run's worker with py-spy into DIR")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help="WORKER_THREADS of every run, the no-op's too (default 8)")
     args = parser.parse_args(argv)
+    globals()["THREADS"] = args.threads
     try:
         return run(messages=args.messages, accounts=args.accounts,
                    hot_messages=args.hot_messages, hot_credits=args.hot_credits,

@@ -52,3 +52,16 @@ def test_every_accepted_lead_is_a_stored_event(services: None) -> None:
     text = out.getvalue()
     assert code == 0, text
     assert "each one a stored event of the source" in text and "checks: ok" in text
+
+
+def test_group_commit_bench_creates_everything_at_every_thread_count(services: None) -> None:
+    """``python -m bench.group_commit`` at a small size: every creation created, ledger ok."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "bench.group_commit", "--messages", "120",
+                           "--threads", "1,6"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert " 6 threads: cpu per message" in done.stdout
+    assert "ledger verify: ok: 500 accounts" in done.stdout and "checks: ok" in done.stdout
