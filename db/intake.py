@@ -20,14 +20,16 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import JSON, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import JSON, Engine, TextClause, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from db import ledger
+from db.engine import session_scope
 from db.errors import NotFound
 from db.models import ClientProfile, Event, Source
 from schemas.common import FINAL_STATUSES, Bucket, Channel, Status
@@ -209,47 +211,67 @@ def create_manual_profile(session: Session, msg: CreateManualProfile, *,
     return _created(outcome, profile["id"], result.bucket)
 
 
-def create_manual_profiles(session: Session,
-                           batch: Sequence[tuple[CreateManualProfile, str | None]], *,
-                           now: datetime) -> list[Outcome]:
-    """Several manual creations, each with its broker message id, in one transaction.
+def create_manual_batch(sessions: sessionmaker[Session],
+                        batch: Sequence[tuple[CreateManualProfile, str | None]], *,
+                        now: datetime) -> list[Outcome]:
+    """Several manual creations, each with its broker message id, committed together.
 
     Each ends as :func:`create_manual_profile` would end it, run alone in the
     batch's order: a second message of a request in the batch finds the first
     one's claim, the second creation on an account sees the first one's charge.
-    The caller commits once.
+    Like :func:`db.renewal.renew_due`, this runs its own transactions.
 
-    On PostgreSQL one statement (:data:`_CREATE_MANUAL_BATCH`) does the work of
-    the whole batch: it locks the balances in account order (so batches that
-    share accounts cannot deadlock; the scheduled renewal skips locked rows),
-    claims every event, takes the credits and writes the entries and profiles;
-    refusals then let go of their keys. What that statement leaves to the
-    one-at-a-time path, in the same transaction: a request or message that
-    comes twice in the batch (the second), an account that does not exist or is
-    due a renewal, and, should any claim fail (a redelivery, a request seen
-    before), the whole batch, after its claims are taken back.
+    On PostgreSQL one statement (:data:`_CREATE_MANUAL_BATCH`), on a pooled
+    connection of its own, does the work of the batch in one transaction: it
+    locks the balances in account order (so batches that share accounts cannot
+    deadlock; the scheduled renewal skips locked rows), claims every event,
+    takes the credits and writes the entries and profiles; refusals then let go
+    of their keys. What it leaves goes one by one in a second transaction: a
+    request or message that comes twice in the batch (the second), an account
+    that does not exist or is due a renewal. Should any claim fail (a
+    redelivery, a request seen before), the statement is rolled back and the
+    whole batch goes one by one. SQLite, and a batch of one, go one by one in
+    one transaction.
     """
-    if len(batch) < 2 or session.connection().dialect.name != "postgresql":
-        return _one_by_one(session, batch, range(len(batch)), now)
-    outcomes: list[Outcome | None] = [None] * len(batch)
-    first: list[int] = []
-    seen: set[Any] = set()
-    for i, (msg, message_id) in enumerate(batch):
-        keys = {("r", msg.account_id, msg.request_id)} | (
-            {("m", message_id)} if message_id is not None else set())
-        if keys & seen:
-            continue
-        seen |= keys
-        first.append(i)
-    decided = _create_batch(session, [(i, *batch[i]) for i in first], now)
-    if decided is None:  # a claim failed: all of it one by one
-        return _one_by_one(session, batch, range(len(batch)), now)
-    for i, outcome in decided.items():
-        outcomes[i] = outcome
-    rest = [i for i in range(len(batch)) if outcomes[i] is None]
-    for i, outcome in zip(rest, _one_by_one(session, batch, rest, now), strict=True):
-        outcomes[i] = outcome
-    return [o for o in outcomes if o is not None]
+    engine = sessions.kw["bind"]
+    outcomes: dict[int, Outcome] = {}
+    if len(batch) > 1 and engine.dialect.name == "postgresql":
+        first: list[int] = []
+        seen: set[Any] = set()
+        for i, (msg, message_id) in enumerate(batch):
+            keys = {("r", msg.account_id, msg.request_id)} | (
+                {("m", message_id)} if message_id is not None else set())
+            if not keys & seen:
+                seen |= keys
+                first.append(i)
+        outcomes = _in_one_statement(engine, [(i, *batch[i]) for i in first], now) or {}
+    rest = [i for i in range(len(batch)) if i not in outcomes]
+    if rest:
+        with session_scope(sessions) as session:
+            outcomes.update(zip(rest, _one_by_one(session, batch, rest, now), strict=True))
+    return [outcomes[i] for i in range(len(batch))]
+
+
+def _in_one_statement(engine: Engine, items: list[tuple[int, CreateManualProfile, str | None]],
+                      now: datetime) -> dict[int, Outcome] | None:
+    """:func:`_create_batch` in a transaction of its own on a pooled connection, without
+    an ORM session (which cost more CPU than the statement): committed, or rolled back
+    and None when a claim failed."""
+    raw = engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None  # a checked-out connection
+        decided = _create_batch(driver.cursor(row_factory=namedtuple_row), items, now)
+        if decided is None:
+            raw.rollback()
+        else:
+            raw.commit()
+    except BaseException:
+        raw.invalidate()  # whatever state it is in, the pool opens a fresh one
+        raise
+    finally:
+        raw.close()
+    return decided
 
 
 def _one_by_one(session: Session, batch: Sequence[tuple[CreateManualProfile, str | None]],
@@ -278,7 +300,7 @@ _BATCH_COLUMNS = {
     "date_of_birth": "date", "state": "text", "extra": "json", "created_by": "text"}
 
 #: PostgreSQL: a batch of manual creations in one statement (see
-#: :func:`create_manual_profiles`). The events are claimed as ``created`` or
+#: :func:`create_manual_batch`). The events are claimed as ``created`` or
 #: ``refused`` as decided; the balances, entries and profiles are written only
 #: if every claim held (``gate``). One row per event of a locked account.
 _CREATE_MANUAL_BATCH = text(_compact("""WITH input AS MATERIALIZED (
@@ -308,15 +330,15 @@ SELECT n, bucket, monthly_after, extra_after, period_end,
        (SELECT count(*) FROM claim) AS claimed
 FROM decided
 """))  # noqa: S608 (only code's own fragments go in)
-_TAKE_BACK = text("DELETE FROM events WHERE id = ANY(CAST(:ids AS text[]))")
 _RELEASE = text("UPDATE events SET dedupe_key = NULL WHERE id = ANY(CAST(:ids AS text[]))")
 
 
-def _create_batch(session: Session, items: list[tuple[int, CreateManualProfile, str | None]],
+def _create_batch(cursor: psycopg.Cursor[Any],
+                  items: list[tuple[int, CreateManualProfile, str | None]],
                   now: datetime) -> dict[int, Outcome] | None:
     """:data:`_CREATE_MANUAL_BATCH` for ``items`` (index, message, message id), whose
     requests and message ids are distinct; the outcome of each item it decided,
-    by index, or None when a claim failed (nothing of it is left then)."""
+    by index, or None when a claim failed (the caller rolls back)."""
     rows_in: list[dict[str, Any]] = []
     by_n: dict[int, tuple[int, Outcome]] = {}
     for n, (i, msg, message_id) in enumerate(items, start=1):
@@ -334,18 +356,11 @@ def _create_batch(session: Session, items: list[tuple[int, CreateManualProfile, 
             "email": client.email, "phone": client.phone,
             "date_of_birth": client.date_of_birth.isoformat() if client.date_of_birth else None,
             "state": client.state, "extra": dict(client.extra), "created_by": msg.created_by})
-    # psycopg's own cursor, in the session's transaction: SQLAlchemy's execute path cost
-    # more CPU than the statement's whole batch of parameters
-    driver = session.connection().connection.driver_connection
-    assert driver is not None  # a checked-out connection
-    cursor = driver.cursor(row_factory=namedtuple_row)
     rows = cursor.execute(_pyformat(_CREATE_MANUAL_BATCH), {
         "rows": json.dumps(rows_in), "channel": Channel.manual.value,
         "refused": Status.refused.value, "created": Status.created.value,
         "reason": INSUFFICIENT_CREDITS, "now": now}).fetchall()
     if rows and rows[0].claimed != len(rows):
-        cursor.execute(_pyformat(_TAKE_BACK),
-                       {"ids": [by_n[row.n][1].event_id for row in rows]})
         return None
     decided: dict[int, Outcome] = {}
     refused: list[str] = []

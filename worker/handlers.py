@@ -77,8 +77,7 @@ def create_manual_profile(payload: Any, *, message_id: str | None) -> Outcome:
 def _create_manual_batch(batch: Sequence[tuple[CreateManualProfile, str | None]]
                          ) -> list[Outcome]:
     """The batch's creations in one transaction, then their outcomes in one round trip."""
-    with session_scope(runtime.sessions()) as session:
-        outcomes = intake.create_manual_profiles(session, batch, now=runtime.now())
+    outcomes = intake.create_manual_batch(runtime.sessions(), batch, now=runtime.now())
     broker_mod.publish_many(QUEUE_OUTCOMES, "profile_outcome",
                             [o.message().model_dump(mode="json") for o in outcomes])
     return outcomes

@@ -27,8 +27,7 @@ _ids = itertools.count()
 def batch(factory: sessionmaker[Session], items: list[tuple[dict, str]], *,
           now: datetime = NOW) -> list[Outcome]:
     msgs = [(CreateManualProfile.model_validate(p), mid) for p, mid in items]
-    with session_scope(factory) as s:
-        return intake.create_manual_profiles(s, msgs, now=now)
+    return intake.create_manual_batch(factory, msgs, now=now)
 
 
 def count(factory, model, *where) -> int:
