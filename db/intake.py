@@ -230,12 +230,12 @@ def create_manual_batch(sessions: sessionmaker[Session],
     request or message that comes twice in the batch (the second), an account
     that does not exist or is due a renewal. Should any claim fail (a
     redelivery, a request seen before), the statement is rolled back and the
-    whole batch goes one by one. SQLite, and a batch of one, go one by one in
-    one transaction.
+    whole batch goes one by one. On SQLite they all go one by one, in one
+    transaction.
     """
     engine = sessions.kw["bind"]
     outcomes: dict[int, Outcome] = {}
-    if len(batch) > 1 and engine.dialect.name == "postgresql":
+    if engine.dialect.name == "postgresql":
         first: list[int] = []
         seen: set[Any] = set()
         for i, (msg, message_id) in enumerate(batch):
