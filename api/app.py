@@ -45,17 +45,21 @@ def create_app() -> FastAPI:
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
     producer = inbox.Producer(settings)
+    hooks_inbox = inbox.Inbox(producer)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        hooks_inbox.close()
         producer.close()
 
     app = FastAPI(title="casecredits", version="0.1.0", description=DESCRIPTION,
                   lifespan=lifespan)
     app.state.producer = producer
+    app.state.inbox = hooks_inbox
     errors.install(app)
-    app.add_middleware(health.CountRequests)
+    app.add_middleware(hooks.FastPath)
+    app.add_middleware(health.CountRequests)  # added last: around FastPath, so it counts it
     app.include_router(hooks.router)
     app.include_router(reads.router)
     app.include_router(health.router)

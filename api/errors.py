@@ -62,10 +62,24 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": HTTPStatus(s).phrase} for s in statuses}
 
 
+def answer(exc: Exception) -> JSONResponse | None:
+    """The answer to an :class:`ApiError` or a database that does not answer (503), as the
+    installed handlers give it; None for any other exception (a 500, when it propagates)."""
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.error, exc.message, headers=exc.headers,
+                              event_id=exc.event_id, errors=exc.errors)
+    if isinstance(exc, UNAVAILABLE):
+        log.error("database.unavailable", error=type(exc).__name__)
+        return error_response(503, "unavailable", "the database is unavailable; retry later",
+                              headers={"Retry-After": str(RETRY_AFTER_S)})
+    return None
+
+
 async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.error, exc.message, headers=exc.headers,
-                          event_id=exc.event_id, errors=exc.errors)
+    response = answer(exc)
+    assert response is not None
+    return response
 
 
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
@@ -89,9 +103,9 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
-    log.error("database.unavailable", error=type(exc).__name__)
-    return error_response(503, "unavailable", "the database is unavailable; retry later",
-                          headers={"Retry-After": str(RETRY_AFTER_S)})
+    response = answer(exc)
+    assert response is not None
+    return response
 
 
 async def _internal(_request: Request, exc: Exception) -> JSONResponse:

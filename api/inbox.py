@@ -10,17 +10,17 @@ sweeper finds it and sends it again. A message that arrives twice is harmless:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.message import Message
 
-from db import intake
-from db import sources as sources_db
+from api.batching import Batcher
+from db import intake, lead_inbox
 from db.engine import session_scope
-from db.models import Source
+from db.lead_inbox import SourceRow
 from schemas.common import Status
 from schemas.leads import LeadProfile
 from schemas.messages import QUEUE_LEADS, IngestLead
@@ -34,6 +34,10 @@ log = get_logger(__name__)
 #: seconds to wait for Redis before giving up on a send (the event is safe anyway)
 CONNECT_TIMEOUT_S = 2.0
 SEND_TIMEOUT_S = 5.0
+#: write batches in flight at once: two, so that one's round trips overlap the other's
+WRITE_BATCHES = 2
+#: the actor the worker runs for a stored lead
+INGEST_ACTOR = "ingest_lead"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,24 +51,144 @@ class Stored:
     errors: list[dict[str, Any]] | None
 
 
-def find_source(source_id: str) -> Source | None:
-    with session_scope(runtime.sessions()) as session:
-        return sources_db.find(session, source_id)
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A webhook that passed its checks, to be stored."""
+
+    source: SourceRow
+    webhook_id: str
+    raw_body: str
+    #: the request's Content-Type header, cut to what the column holds
+    content_type: str
+    lead: LeadProfile | None
+    errors: list[dict[str, Any]] | None
 
 
-def store(source: Source, *, webhook_id: str, raw_body: str, content_type: str,
-          lead: LeadProfile | None, errors: list[dict[str, Any]] | None) -> Stored:
-    """Write the event (``received``, or ``invalid`` without a lead) and commit.
+class SourceChanged(Exception):
+    """The source a webhook was checked against changed before its event was stored
+    (disabled, new secret or token): check it again against the source as it is now."""
+
+
+class Inbox:
+    """The web process's inbox: the sources webhooks name, and their writes.
+
+    Sources are remembered between requests, but only to check a webhook early:
+    the write of its event reads the source again, in the transaction that
+    stores it, and stores nothing unless the source is still the one the
+    webhook was checked against (enabled, same secrets, same token). Otherwise
+    the request is checked again against the source as it is now (410 for a
+    disabled source, 401 for a rotated-out token), and so is any request a
+    remembered source refuses. An unknown source is never remembered.
+
+    Writes of concurrent requests are grouped into one thread hop, one
+    transaction and one commit (:mod:`api.batching`), and the ``ingest_lead``
+    messages of a batch are sent together after the commit.
+    """
+
+    #: sources remembered at most; beyond, the memory starts afresh
+    MAX_KNOWN = 10_000
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self._known: dict[str, SourceRow] = {}
+        self._lookups: Batcher[str, SourceRow | None] = Batcher(find_sources,
+                                                                name="source-lookups")
+        self._writes: Batcher[Incoming, Stored] = Batcher(
+            self.store_all, name="inbox-writes", concurrency=WRITE_BATCHES)
+
+    def close(self) -> None:
+        self._lookups.close()
+        self._writes.close()
+
+    async def find_source(self, source_id: str, *, fresh: bool = False
+                          ) -> tuple[SourceRow | None, bool]:
+        """The source named in a webhook URL, or None, and whether it was read just now.
+
+        :param fresh: read it from the database even when it is remembered.
+        """
+        known = None if fresh else self._known.get(source_id)
+        if known is not None:
+            return known, False
+        source = await self._lookups.submit(source_id)
+        if source is None:
+            self._known.pop(source_id, None)
+        else:
+            if len(self._known) >= self.MAX_KNOWN:
+                self._known.clear()
+            self._known[source_id] = source
+        return source, True
+
+    async def store(self, incoming: Incoming) -> Stored:
+        """Store and commit the webhook, then send it to the worker if it waits.
+
+        :raises SourceChanged: when the source is no longer the one checked.
+        :raises sqlalchemy.exc.OperationalError: when the database does not answer
+            or the commit fails; nothing is acknowledged then.
+        """
+        return await self._writes.submit(incoming)
+
+    def store_all(self, batch: Sequence[Incoming]) -> list[Stored | BaseException]:
+        """Write a batch of webhooks in one transaction and commit; one result each.
+
+        The sources are read first, in the same transaction: a webhook whose
+        source changed since it was checked gets :class:`SourceChanged` and
+        writes nothing. A webhook-id stored before (or twice in the batch) is
+        then looked up one at a time, as :func:`store` does. After the commit,
+        the events that wait for the worker are sent in one round trip; a failed
+        send only logs.
+
+        :raises sqlalchemy.exc.OperationalError: when a statement or the commit
+            fails: every webhook of the batch is refused then.
+        """
+        now = runtime.now()
+        with runtime.engine().connect() as conn:
+            current = lead_inbox.find_sources(conn, [item.source.id for item in batch])
+            admitted = [current.get(item.source.id) == item.source and item.source.enabled
+                        for item in batch]
+            rows = [intake.lead_row(
+                source_id=item.source.id, account_id=item.source.account_id,
+                channel=item.source.kind, webhook_id=item.webhook_id, raw_body=item.raw_body,
+                content_type=item.content_type, lead=item.lead, errors=item.errors, now=now)
+                if ok else None for item, ok in zip(batch, admitted, strict=True)]
+            written = lead_inbox.record_leads(conn, [row for row in rows if row is not None])
+            conn.commit()
+        results: list[Stored | BaseException] = []
+        for item, row in zip(batch, rows, strict=True):
+            if row is None:
+                results.append(SourceChanged(item.source.id))
+            elif row["id"] in written:
+                results.append(Stored(event_id=row["id"], status=row["status"], new=True,
+                                      same_body=True, errors=item.errors))
+            else:
+                try:
+                    results.append(store(item))
+                except Exception as exc:  # this request alone answers the error
+                    results.append(exc)
+        self.producer.send_ingests([r.event_id for r in results
+                                    if isinstance(r, Stored) and needs_sending(r)])
+        return results
+
+
+def find_sources(source_ids: Sequence[str]) -> list[SourceRow | None]:
+    """The sources of a batch of webhook URLs, in one query; None for an unknown id."""
+    with runtime.engine().connect() as conn:
+        found = lead_inbox.find_sources(conn, source_ids)  # closing rolls back
+    return [found.get(source_id) for source_id in source_ids]
+
+
+def store(incoming: Incoming) -> Stored:
+    """Write one webhook (``received``, or ``invalid`` without a lead) and commit.
 
     :raises sqlalchemy.exc.OperationalError: when the database does not answer;
         nothing is acknowledged then.
     """
     with session_scope(runtime.sessions()) as session:
-        event, new = intake.record_lead(session, source, webhook_id=webhook_id,
-                                        raw_body=raw_body, content_type=content_type[:200],
-                                        lead=lead, errors=errors, now=runtime.now())
+        event, new = intake.record_lead(
+            session, incoming.source, webhook_id=incoming.webhook_id,
+            raw_body=incoming.raw_body, content_type=incoming.content_type,
+            lead=incoming.lead, errors=incoming.errors, now=runtime.now())
         stored = Stored(event_id=event.id, status=event.status, new=new,
-                        same_body=event.raw_body == raw_body, errors=event.errors)
+                        same_body=event.raw_body == incoming.raw_body, errors=event.errors)
     return stored
 
 
@@ -97,17 +221,23 @@ class Producer:
         except Exception:  # any failure to answer is "not ready"
             return False
 
-    def send_ingest(self, event_id: str) -> bool:
-        """Enqueue ``ingest_lead``; False (and a warning) when the broker does not take it."""
-        payload = IngestLead(event_id=event_id).model_dump(mode="json")
-        message: Message[Any] = Message(queue_name=QUEUE_LEADS, actor_name="ingest_lead",
-                                        args=(payload,), kwargs={}, options={})
+    def send_ingests(self, event_ids: Sequence[str]) -> int:
+        """Enqueue ``ingest_lead`` for each event, in one round trip to Redis
+        (:func:`worker.broker.enqueue_many`).
+
+        :returns: how many were sent: all, or none (with a warning for each; the
+            events are committed and the sweeper sends them again).
+        """
+        if not event_ids:
+            return 0
         try:
-            self.broker().enqueue(message)
-        except Exception as exc:  # the event is committed; the sweeper will resend it
-            log.warning("lead.enqueue_failed", event_id=event_id, error=type(exc).__name__)
-            return False
-        return True
+            broker_mod.enqueue_many(self.broker(), QUEUE_LEADS, INGEST_ACTOR, [
+                IngestLead(event_id=event_id).model_dump(mode="json") for event_id in event_ids])
+        except Exception as exc:  # the events are committed; the sweeper will resend them
+            for event_id in event_ids:
+                log.warning("lead.enqueue_failed", event_id=event_id, error=type(exc).__name__)
+            return 0
+        return len(event_ids)
 
     def close(self) -> None:
         with self._lock:

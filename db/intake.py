@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import ledger
+from db import lead_inbox, ledger
 from db.engine import session_scope
 from db.errors import NotFound
 from db.models import ClientProfile, Event, Source
@@ -457,32 +457,41 @@ def _dump(raw: Any) -> str:
 
 # -- leads ----------------------------------------------------------------------------
 
-def record_lead(session: Session, source: Source, *, webhook_id: str, raw_body: str,
-                content_type: str, lead: LeadProfile | None, errors: list[Any] | None,
-                now: datetime) -> tuple[Event, bool]:
+def lead_row(*, source_id: str, account_id: str, channel: str, webhook_id: str,
+             raw_body: str, content_type: str, lead: LeadProfile | None,
+             errors: list[Any] | None, now: datetime) -> dict[str, Any]:
+    """A webhook as an ``events`` row (:data:`db.lead_inbox.EVENT_COLUMNS`): ``received``
+    with its mapped lead, or ``invalid`` with its errors."""
+    return {
+        "id": new_id("evt"), "account_id": account_id, "channel": channel,
+        "source_id": source_id, "dedupe_key": hook_key(source_id, webhook_id),
+        "external_id": webhook_id,
+        "status": Status.received.value if lead is not None else Status.invalid.value,
+        "reason": None if lead is not None else "invalid_lead",
+        "payload": lead.model_dump(mode="json") if lead is not None else None,
+        "raw_body": raw_body, "content_type": content_type, "errors": errors, "attempts": 0,
+        "received_at": now, "processed_at": None if lead is not None else now,
+    }
+
+
+def record_lead(session: Session, source: Source | lead_inbox.SourceRow, *, webhook_id: str,
+                raw_body: str, content_type: str, lead: LeadProfile | None,
+                errors: list[Any] | None, now: datetime) -> tuple[Event, bool]:
     """Store a webhook as an event row before anything else (the inbox).
+
+    The web process stores concurrent webhooks together (:mod:`db.lead_inbox`);
+    this is the one-at-a-time path, and the one that finds a known webhook-id.
 
     :returns: the event and whether it is new; a known ``webhook-id`` of this
         source returns the first event and stores nothing.
     """
-    key = hook_key(source.id, webhook_id)
-    values = dict(
-        id=new_id("evt"), account_id=source.account_id, channel=source.kind,
-        source_id=source.id, dedupe_key=key, external_id=webhook_id,
-        status=Status.received.value if lead is not None else Status.invalid.value,
-        reason=None if lead is not None else "invalid_lead",
-        payload=lead.model_dump(mode="json") if lead is not None else None,
-        raw_body=raw_body, content_type=content_type, errors=errors, attempts=0,
-        received_at=now, processed_at=None if lead is not None else now,
-    )
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    inserted = session.execute(
-        insert(Event).values(**values).on_conflict_do_nothing(index_elements=["dedupe_key"])
-        .returning(Event.id)
-    ).scalar_one_or_none()
-    event = session.execute(select(Event).where(Event.dedupe_key == key)).scalar_one()
-    return event, inserted is not None
+    row = lead_row(source_id=source.id, account_id=source.account_id, channel=source.kind,
+                   webhook_id=webhook_id, raw_body=raw_body, content_type=content_type,
+                   lead=lead, errors=errors, now=now)
+    inserted = lead_inbox.record_leads(session.connection(), [row])
+    event = session.execute(
+        select(Event).where(Event.dedupe_key == row["dedupe_key"])).scalar_one()
+    return event, bool(inserted)
 
 
 def ingest_lead(session: Session, event_id: str, *, now: datetime) -> Outcome | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -92,26 +93,32 @@ def publish(queue_name: str, actor_name: str, payload: dict[str, Any]) -> None:
 
 
 def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]]) -> None:
-    """:func:`publish` each payload, in one round trip to Redis.
+    """:func:`publish` each payload, in one round trip to Redis (:func:`enqueue_many`)."""
+    enqueue_many(dramatiq.get_broker(), queue_name, actor_name, payloads)
+
+
+def enqueue_many(broker: dramatiq.Broker, queue_name: str, actor_name: str,
+                 payloads: Sequence[dict[str, Any]]) -> list[Message[Any]]:
+    """Enqueue a message to ``actor_name`` for each payload, in one round trip to Redis.
 
     The messages are stored where ``RedisBroker.enqueue`` stores them (its
     ``dispatch`` script's ``enqueue``: the message under a Redis id of its own
     in the queue's ``.msgs`` hash, that id at the end of the queue's list), all
-    of them in one ``MULTI``/``EXEC``, so that a consumer sees all or none.
-    The broker's maintenance and heartbeat, which ``dispatch`` also does, run
-    on the worker's own fetches and acks anyway. This leans on the storage
-    layout of the pinned dramatiq (2.2.1); ``tests/worker/test_broker.py`` checks
-    that a consumer gets what this sends.
+    of them in one ``MULTI``/``EXEC``, so that a consumer sees all or none and
+    no script has to be loaded. The broker's maintenance and heartbeat, which
+    ``dispatch`` also does, run on the consumers' own fetches and acks. This
+    leans on the storage layout of the pinned dramatiq (2.2.1);
+    ``tests/worker/test_broker.py`` checks that a consumer gets what this sends.
+
+    :returns: the messages sent.
     """
-    broker = dramatiq.get_broker()
-    if len(payloads) < 2 or not isinstance(broker, RedisBroker):
-        for payload in payloads:
-            broker.enqueue(Message(queue_name=queue_name, actor_name=actor_name,
-                                   args=(payload,), kwargs={}, options={}))
-        return
     sent: list[Message[Any]] = [
         Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
                 options={"redis_message_id": str(uuid4())}) for payload in payloads]
+    if not isinstance(broker, RedisBroker):
+        return [broker.enqueue(message) for message in sent]
+    if not sent:
+        return sent
     hooked = _enqueue_hooked(broker)
     if hooked:
         for message in sent:
@@ -126,6 +133,7 @@ def publish_many(queue_name: str, actor_name: str, payloads: list[dict[str, Any]
     if hooked:
         for message in sent:
             broker.emit_after("enqueue", message, None)
+    return sent
 
 
 def _enqueue_hooked(broker: dramatiq.Broker) -> bool:

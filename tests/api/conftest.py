@@ -83,6 +83,18 @@ def nothing_stored(factory: sessionmaker[Session]) -> bool:
             and count(factory, LedgerEntry, LedgerEntry.kind == "charge") == 0)
 
 
+def refuse_commits(pg_url: str) -> None:
+    """Make PostgreSQL itself fail every COMMIT that stored an event (a deferred
+    constraint trigger), rather than a mock."""
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                     "$$ BEGIN RAISE EXCEPTION 'commit refused'; END $$")
+        conn.execute("CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events "
+                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()")
+
+
 def queued(redis_url: str, namespace: str, queue: str = "leads") -> int:
     return int(redis.Redis.from_url(redis_url).hlen(f"{namespace}:{queue}.msgs"))
 

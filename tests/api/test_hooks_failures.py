@@ -5,17 +5,16 @@ A broker that is down after the commit still answers 202: the event waits in the
 
 from __future__ import annotations
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Connection
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from api import inbox
 from api.app import create_app
-from db import intake
+from db import lead_inbox
 from tests import services
-from tests.api.conftest import as_json, events, nothing_stored, queued, signed
+from tests.api.conftest import as_json, events, nothing_stored, queued, refuse_commits, signed
 from worker import runtime
 
 LEAD = {"first_name": "Ada", "email": "ada@example.com"}
@@ -23,19 +22,19 @@ LEAD = {"first_name": "Ada", "email": "ada@example.com"}
 
 def test_a_failing_commit_answers_503_not_202(client, factory, funnel, monkeypatch,
                                                service_env):
-    real_record, real_commit = intake.record_lead, Session.commit
+    real_record, real_commit = lead_inbox.record_leads, Connection.commit
 
-    def record(session, *args, **kwargs):
-        session.info["wrote_event"] = True
-        return real_record(session, *args, **kwargs)
+    def record(conn, rows):
+        conn.info["wrote_event"] = True
+        return real_record(conn, rows)
 
-    def commit(session):
-        if session.info.pop("wrote_event", False):
+    def commit(conn):
+        if conn.info.pop("wrote_event", False):
             raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        real_commit(session)
+        real_commit(conn)
 
-    monkeypatch.setattr(intake, "record_lead", record)
-    monkeypatch.setattr(Session, "commit", commit)
+    monkeypatch.setattr(lead_inbox, "record_leads", record)
+    monkeypatch.setattr(Connection, "commit", commit)
     body = as_json(LEAD)
     r = client.post(funnel.url, content=body, headers=signed(funnel.secret, body, "msg_1"))
     assert r.status_code == 503, r.text
@@ -51,11 +50,7 @@ def test_a_commit_the_database_refuses_answers_5xx(pg_url, service_env, monkeypa
         pytest.skip("PostgreSQL only: a deferred trigger fails the commit itself")
     factory = request.getfixturevalue("factory")
     funnel = request.getfixturevalue("funnel")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                     "$$ BEGIN RAISE EXCEPTION 'commit refused'; END $$")
-        conn.execute("CREATE CONSTRAINT TRIGGER refuse_at_commit AFTER INSERT ON events "
-                     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()")
+    refuse_commits(pg_url)
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         body = as_json(LEAD)
         r = client.post(funnel.url, content=body, headers=signed(funnel.secret, body, "m1"))
@@ -88,8 +83,12 @@ def test_a_broker_that_is_down_after_the_commit_still_answers_202(factory, funne
 def test_a_resent_webhook_sends_a_received_event_again(client, factory, funnel, service_env,
                                                        monkeypatch):
     sent: list[str] = []
-    monkeypatch.setattr(inbox.Producer, "send_ingest", lambda self, event_id: sent.append(
-        event_id) or False)
+
+    def send_ingests(_producer, event_ids):
+        sent.extend(event_ids)
+        return 0
+
+    monkeypatch.setattr(inbox.Producer, "send_ingests", send_ingests)
     headers = {**funnel.bearer(), "webhook-id": "w-1"}
     first = client.post(funnel.url, json=LEAD, headers=headers)
     again = client.post(funnel.url, json=LEAD, headers=headers)

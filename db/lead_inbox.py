@@ -1,0 +1,113 @@
+"""The lead inbox on the HTTP side: sources looked up and webhooks stored, many at a time.
+
+The web process gathers the webhooks of concurrent requests and writes them
+here together: one ``SELECT`` for their sources, then one ``INSERT ... ON
+CONFLICT (dedupe_key) DO NOTHING RETURNING id`` and one commit for their events
+(group commit). Every statement is built once, at import, with bound
+parameters, and runs on a plain pooled connection: no ORM session, no
+recompiling per request. On PostgreSQL the rows go as one JSON parameter
+(``json_to_recordset``), so the statement text is the same for any batch.
+
+A row the insert skips (the webhook-id came before, or twice in one batch) is
+left to the one-at-a-time :func:`db.intake.record_lead`, which finds the first.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from db.models import Event, Source
+
+_SOURCES = Source.__table__
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRow:
+    """The columns of a source a webhook is checked against, read without the ORM (cheap to
+    build, and compared whole to tell whether the source changed)."""
+
+    id: str
+    account_id: str
+    kind: str
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+    token_hash: str
+    enabled: bool
+
+
+_SOURCE_COLUMNS = ("id", "account_id", "kind", "secret", "previous_secret",
+                   "previous_secret_expires_at", "token_hash", "enabled")
+
+#: the sources named in a batch of webhook URLs; on PostgreSQL as one array parameter
+#: (the same statement text for any batch), elsewhere as an expanded IN list
+_FIND_SOURCES = select(*(_SOURCES.c[name] for name in _SOURCE_COLUMNS)).where(
+    _SOURCES.c.id.in_(bindparam("ids", expanding=True)))
+_FIND_SOURCES_PG = text(
+    f"SELECT {', '.join(_SOURCE_COLUMNS)} FROM sources "  # noqa: S608 (column names are ours)
+    "WHERE id = ANY(CAST(:ids AS varchar[]))")
+
+#: the columns every stored webhook sets, and their PostgreSQL types; the others stay NULL
+EVENT_COLUMNS: dict[str, str] = {
+    "id": "varchar", "account_id": "varchar", "channel": "varchar", "source_id": "varchar",
+    "dedupe_key": "varchar", "external_id": "varchar", "status": "varchar",
+    "reason": "varchar", "payload": "json", "raw_body": "text", "content_type": "varchar",
+    "errors": "json", "attempts": "integer", "received_at": "timestamptz",
+    "processed_at": "timestamptz"}
+_JSON_COLUMNS = frozenset(name for name, kind in EVENT_COLUMNS.items() if kind == "json")
+
+#: PostgreSQL: a batch of webhooks as events, all in one JSON parameter (one string to
+#: send, parsed by the server), so that the statement is the same text for any batch
+#: size; a JSON column's None is stored as JSON null, as SQLAlchemy's JSON type does;
+#: returns the rows it wrote
+_RECORD_PG = text(
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 (column names are ours)
+    "SELECT " + ", ".join(f"coalesce(r.{n}, 'null'::json)" if n in _JSON_COLUMNS else f"r.{n}"
+                          for n in EVENT_COLUMNS)
+    + " FROM json_to_recordset(CAST(:rows AS json)) AS r("
+    + ", ".join(f"{n} {t}" for n, t in EVENT_COLUMNS.items())
+    + ") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
+#: SQLite: the same, sent by SQLAlchemy as a multi-row INSERT
+_RECORD_SQLITE = (sqlite_insert(Event).on_conflict_do_nothing(index_elements=["dedupe_key"])
+                  .returning(Event.id))
+
+
+def find_sources(conn: Connection, source_ids: Iterable[str]) -> dict[str, SourceRow]:
+    """The sources with these ids, disabled ones too (they answer 410); absent ids are left out."""
+    ids = sorted(set(source_ids))
+    if not ids:
+        return {}
+    statement = _FIND_SOURCES_PG if conn.dialect.name == "postgresql" else _FIND_SOURCES
+    rows = conn.execute(statement, {"ids": ids})
+    return {row[0]: SourceRow(*row) for row in rows}
+
+
+def record_leads(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
+    """Insert webhooks as event rows (each a dict of :data:`EVENT_COLUMNS`), in the caller's
+    transaction, skipping any whose ``dedupe_key`` is stored already (or earlier in ``rows``).
+
+    :returns: the ids of the rows written.
+    """
+    if not rows:
+        return set()
+    if conn.dialect.name != "postgresql":
+        return {row[0] for row in conn.execute(_RECORD_SQLITE, list(rows))}
+    # in key order, so that two batches holding the same webhook-ids never wait on each
+    # other in a cycle (each waits for the other's uncommitted key)
+    ordered = sorted(rows, key=lambda row: str(row["dedupe_key"]))
+    document = json.dumps([{name: row[name] for name in EVENT_COLUMNS} for row in ordered],
+                          default=_iso)
+    return {row[0] for row in conn.execute(_RECORD_PG, {"rows": document})}
+
+
+def _iso(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
