@@ -48,6 +48,8 @@ RATIO_TARGET = 0.5
 PACED_SHARE = 0.70
 #: milliseconds: the p99 the paced run must stay under
 P99_TARGET_MS = 50.0
+#: calibration runs of the paced load at the most
+CALIBRATIONS = 5
 #: seconds of each calibration run of the paced load
 CALIBRATE_S = 4
 
@@ -227,7 +229,8 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
     delay_ms = connections / target * 1000
     load: Load | None = None
     runs = 1
-    for attempt in range(3):
+    tried: list[tuple[float, float]] = []  # (delay, rate): the more delay, the lower the rate
+    for attempt in range(CALIBRATIONS):
         runs += 1
         leads = b.workdir / f"paced-{attempt}.tsv"
         sign_leads(leads, secret=secret, count=int(target * CALIBRATE_S * 2) + 100,
@@ -236,11 +239,19 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
                    requests=leads, delay_ms=delay_ms)
         accepted += load.accepted
         say(f"  calibration {attempt + 1}: delay {delay_ms:.1f} ms -> {load.rate:.0f} req/s")
+        tried.append((delay_ms, load.rate))
         if abs(load.rate - target) <= 0.05 * target:
             break
-        # a connection's cycle is its delay plus the answer's latency
-        latency_ms = connections / max(load.rate, 1.0) * 1000 - delay_ms
-        delay_ms = max(0.0, connections / target * 1000 - latency_ms)
+        fast = [t for t in tried if t[1] > target]
+        slow = [t for t in tried if t[1] < target]
+        if fast and slow:  # bracketed: interpolate between the closest on each side
+            (d_fast, r_fast), (d_slow, r_slow) = max(fast), min(slow)
+            delay_ms = d_fast + (r_fast - target) * (d_slow - d_fast) / (r_fast - r_slow)
+        else:  # a connection's cycle is its delay plus the answer's latency
+            latency_ms = connections / max(load.rate, 1.0) * 1000 - delay_ms
+            delay_ms = max(0.0, connections / target * 1000 - latency_ms)
+    else:  # none close enough: the delay that came closest
+        delay_ms = min(tried, key=lambda t: abs(t[1] - target))[0]
     leads = b.workdir / "paced.tsv"
     sign_leads(leads, secret=secret, count=int(target * seconds * 2) + 100,
                tag=f"paced-{uuid.uuid4().hex[:6]}")
