@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import namedtuple_row
-from sqlalchemy import JSON, Engine, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import Engine, TextClause, bindparam, insert, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -93,40 +93,8 @@ def outcome_of(event: Event, *, duplicate: bool = False) -> Outcome:
     )
 
 
-_PROFILE_COLUMNS = ("id", "account_id", "source", "event_id", "first_name", "last_name", "email",
-                    "phone", "date_of_birth", "state", "extra", "created_by", "created_at")
-
-#: PostgreSQL: a whole manual creation in one statement, in the order of the
-#: general path below: lock the balance, claim the request's key and the message
-#: id with the event row (recorded as created or refused), take the credit and
-#: write its entry only when the claim held (``ledger.charge_ctes``), then the
-#: profile. No row: the account does not exist or a renewal is due. ``claimed``
-#: false: the message was recorded before, or the request is a duplicate.
-_CREATE_MANUAL = text("WITH " + ledger.charge_ctes(after_lock="""
-claim AS (
-    INSERT INTO events (id, account_id, channel, dedupe_key, external_id, message_id, status,
-                        payload, profile_id, charged_bucket, reason, attempts, received_at,
-                        processed_at)
-    SELECT :event_id, :account_id, :channel, :dedupe_key, :request_id, :message_id,
-           CASE WHEN bucket IS NULL THEN :refused ELSE :created END, :payload,
-           CASE WHEN bucket IS NULL THEN NULL ELSE :profile_id END, bucket,
-           CASE WHEN bucket IS NULL THEN :reason END, 1, :now, :now
-    FROM locked
-    ON CONFLICT DO NOTHING
-    RETURNING id
-),""", gate="EXISTS (SELECT 1 FROM claim)") + f"""
-, profile AS (
-    INSERT INTO client_profiles ({", ".join(_PROFILE_COLUMNS)})
-    SELECT {", ".join(f":p_{name}" for name in _PROFILE_COLUMNS)} FROM charged
-)
-SELECT locked.bucket, locked.period_end, EXISTS (SELECT 1 FROM claim) AS claimed,
-       coalesce(charged.monthly_remaining, locked.monthly_remaining) AS monthly_remaining,
-       coalesce(charged.extra_remaining, locked.extra_remaining) AS extra_remaining
-FROM locked LEFT JOIN charged ON true
-""").bindparams(bindparam("payload", type_=JSON), bindparam("p_extra", type_=JSON))  # noqa: S608
-
-#: the general path's statements, for SQLite and for a renewal due on PostgreSQL;
-#: run on the session's connection, with the values as parameters (compiled once)
+#: the one-by-one path's statements, run on the session's connection, with the values
+#: as parameters (compiled once)
 _CLAIM: dict[str, Any] = {
     name: dialect_insert(Event).on_conflict_do_nothing().returning(Event.id)
     for name, dialect_insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))}
@@ -158,8 +126,9 @@ def create_manual_profile(session: Session, msg: CreateManualProfile, *,
     Behind the balance lock, the event row claims the request's key and the
     message id (both unique): a message delivered again, or a second message of
     the request, finds the first, even one that waited for the lock while the
-    first committed. Then the charge, the profile, and the event's outcome. On
-    PostgreSQL, when no renewal is due, all of it is one statement.
+    first committed. Then the charge, the profile, and the event's outcome. The
+    worker takes :func:`create_manual_batch`, which does all of it in one statement
+    on PostgreSQL and leaves this path the rare cases.
     """
     conn = session.connection()
     outcome = Outcome(event_id=new_id("evt"), account_id=msg.account_id,
@@ -172,23 +141,6 @@ def create_manual_profile(session: Session, msg: CreateManualProfile, *,
              "external_id": msg.request_id, "message_id": message_id,
              "status": Status.received.value, "payload": _redacted_manual(msg),
              "received_at": now, "processed_at": now, "attempts": 1}
-    if conn.dialect.name == "postgresql":
-        row = conn.execute(_CREATE_MANUAL, {
-            "event_id": outcome.event_id, "account_id": msg.account_id,
-            "channel": Channel.manual.value, "dedupe_key": key, "request_id": msg.request_id,
-            "message_id": message_id, "refused": Status.refused.value,
-            "created": Status.created.value, "reason": INSUFFICIENT_CREDITS,
-            "payload": event["payload"], "profile_id": profile["id"], "now": now,
-            **{f"p_{name}": value for name, value in profile.items()}}).one_or_none()
-        if row is not None:
-            if not row.claimed:
-                return _seen_before(session, key, message_id)
-            if row.bucket is None:
-                return _refuse(session, outcome, INSUFFICIENT_CREDITS, remaining=Remaining(
-                    monthly_remaining=row.monthly_remaining,
-                    extra_remaining=row.extra_remaining, renews_at=row.period_end))
-            return _created(outcome, profile["id"], Bucket(row.bucket))
-    # the general path: the same steps, one statement each
     claim = _CLAIM["postgresql" if conn.dialect.name == "postgresql" else "sqlite"]
     try:
         ledger.lock_balance(session, msg.account_id, now)

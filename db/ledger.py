@@ -254,32 +254,29 @@ def charge(session: Session, account_id: str, *, event_id: str, now: datetime) -
                   balance.period_end)
 
 
-def charge_ctes(*, after_lock: str = "", gate: str = "TRUE") -> str:
+def charge_ctes() -> str:
     """:func:`charge` as SQL common table expressions, for PostgreSQL.
 
-    So that one statement, one round trip, can lock, decide, charge and record,
-    and a caller can do its own writes in that same statement. In order:
+    So that one statement, one round trip, can lock, decide, charge and record.
+    In order:
 
     * ``locked``: the balance row, locked ``FOR UPDATE``, with the ``bucket`` the
       rules pick (unlimited, else monthly, else extra; NULL is a refusal). Empty
       when the account does not exist or its period has ended: a renewal is due,
       and :func:`charge`'s general path must run instead;
-    * ``after_lock``: the caller's own CTEs, each ending in a comma;
-    * ``charged``: the balance after the credit is taken, where there is a bucket
-      and ``gate`` (a SQL condition) holds;
+    * ``charged``: the balance after the credit is taken, where there is a bucket;
     * ``entry``: its ledger entry, as :func:`_write` writes it.
 
     Parameters: ``:account_id``, ``:event_id``, ``:now``.
     """
-    return f"""
+    return """
 locked AS (
     SELECT account_id, period_end, monthly_remaining, extra_remaining,
            CASE WHEN unlimited THEN 'unlimited' WHEN monthly_remaining > 0 THEN 'monthly'
                 WHEN extra_remaining > 0 THEN 'extra' END AS bucket
     FROM balances WHERE account_id = :account_id AND period_end > :now
     FOR UPDATE
-), {after_lock}
-charged AS (
+), charged AS (
     UPDATE balances AS b SET
         monthly_remaining = b.monthly_remaining - (locked.bucket = 'monthly')::int,
         monthly_used = b.monthly_used + (locked.bucket = 'monthly')::int,
@@ -287,7 +284,7 @@ charged AS (
         unlimited_used = b.unlimited_used + (locked.bucket = 'unlimited')::int,
         updated_at = :now
     FROM locked
-    WHERE b.account_id = locked.account_id AND locked.bucket IS NOT NULL AND ({gate})
+    WHERE b.account_id = locked.account_id AND locked.bucket IS NOT NULL
     RETURNING b.account_id, b.period, b.monthly_remaining, b.extra_remaining,
               b.monthly_used, b.unlimited_used, locked.bucket
 ), entry AS (
