@@ -76,7 +76,8 @@ def create_manual_profile(payload: Any, *, message_id: str | None) -> Outcome:
 
 def _create_manual_batch(batch: Sequence[tuple[CreateManualProfile, str | None]]
                          ) -> list[Outcome]:
-    """The batch's creations in one transaction, then their outcomes in one round trip."""
+    """The batch's creations, committed (:func:`db.intake.create_manual_batch`: one
+    statement on PostgreSQL), then their outcomes in one round trip to Redis."""
     outcomes = intake.create_manual_batch(runtime.sessions(), batch, now=runtime.now())
     broker_mod.publish_many(QUEUE_OUTCOMES, "profile_outcome",
                             [o.message().model_dump(mode="json") for o in outcomes])
