@@ -34,7 +34,7 @@ from db.lead_inbox import SourceRow
 from schemas.common import Status
 from schemas.http import HookAccepted
 from schemas.leads import LeadProfile, UnusableLead, lead_from_body
-from worker import metrics, runtime
+from worker import logs, metrics, runtime
 from worker.logs import get_logger
 
 log = get_logger(__name__)
@@ -197,7 +197,9 @@ def _resent(stored: inbox.Stored, fields: dict[str, str]) -> JSONResponse:
 
 
 def _refused(exc: ApiError, source_id: str) -> ApiError:
-    log.info("hook.refused", source_id=source_id[:80], status=exc.status, error=exc.error)
+    # the id as the URL had it: anything a sender typed there
+    log.info("hook.refused", source_id=logs.scrub(source_id[:80]), status=exc.status,
+             error=exc.error)
     return exc
 
 

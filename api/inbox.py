@@ -141,8 +141,8 @@ class Inbox:
             fails: every webhook of the batch is refused then.
         """
         now = runtime.now()
-        with runtime.engine().connect() as conn:
-            current = lead_inbox.find_sources(conn, [item.source.id for item in batch])
+        with lead_inbox.transaction(runtime.engine()) as tx:
+            current = tx.find_sources([item.source.id for item in batch])
             admitted = [current.get(item.source.id) == item.source and item.source.enabled
                         for item in batch]
             rows = [intake.lead_row(
@@ -150,8 +150,7 @@ class Inbox:
                 channel=item.source.kind, webhook_id=item.webhook_id, raw_body=item.raw_body,
                 content_type=item.content_type, lead=item.lead, errors=item.errors, now=now)
                 if ok else None for item, ok in zip(batch, admitted, strict=True)]
-            written = lead_inbox.record_leads(conn, [row for row in rows if row is not None])
-            conn.commit()
+            written = tx.record_leads([row for row in rows if row is not None])
         results: list[Stored | BaseException] = []
         for item, row in zip(batch, rows, strict=True):
             if row is None:
@@ -171,8 +170,8 @@ class Inbox:
 
 def find_sources(source_ids: Sequence[str]) -> list[SourceRow | None]:
     """The sources of a batch of webhook URLs, in one query; None for an unknown id."""
-    with runtime.engine().connect() as conn:
-        found = lead_inbox.find_sources(conn, source_ids)  # closing rolls back
+    with lead_inbox.transaction(runtime.engine()) as tx:
+        found = tx.find_sources(source_ids)
     return [found.get(source_id) for source_id in source_ids]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 #: milliseconds a SQLite writer waits for the lock before giving up
@@ -122,3 +122,35 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def driver_transaction(engine: Engine) -> Iterator[Any]:
+    """A transaction on a pooled connection's own driver connection (psycopg on
+    PostgreSQL), for the hot paths whose statements are cheaper than SQLAlchemy's
+    execution layer around them: committed when the block ends, rolled back if it
+    raises (a block may also roll back itself). A connection that saw an error is
+    dropped from the pool, whatever state it was left in, and the driver's errors
+    come out as SQLAlchemy's (``OperationalError`` for a server that went away),
+    which the callers already handle.
+    """
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    try:
+        raw = engine.raw_connection()  # the pool does not wrap a failure to connect
+    except dbapi_error as exc:
+        raise DBAPIError.instance(None, None, exc, dbapi_error, hide_parameters=True,
+                                  dialect=engine.dialect) from exc
+    try:
+        driver = raw.driver_connection
+        assert driver is not None  # a checked-out connection
+        yield driver
+        driver.commit()  # nothing to send when the block rolled back
+    except BaseException as exc:
+        raw.invalidate()
+        if isinstance(exc, dbapi_error):
+            raise DBAPIError.instance(None, None, exc, dbapi_error, hide_parameters=True,
+                                      connection_invalidated=True,
+                                      dialect=engine.dialect) from exc
+        raise
+    finally:
+        raw.close()

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import lead_inbox, ledger
-from db.engine import session_scope
+from db.engine import driver_transaction, session_scope
 from db.errors import NotFound
 from db.models import ClientProfile, Event, Source
 from schemas.common import FINAL_STATUSES, Bucket, Channel, Status
@@ -209,20 +209,10 @@ def _in_one_statement(engine: Engine, items: list[tuple[int, CreateManualProfile
     """:func:`_create_batch` in a transaction of its own on a pooled connection, without
     an ORM session (which cost more CPU than the statement): committed, or rolled back
     and None when a claim failed."""
-    raw = engine.raw_connection()
-    try:
-        driver = raw.driver_connection
-        assert driver is not None  # a checked-out connection
+    with driver_transaction(engine) as driver:
         decided = _create_batch(driver.cursor(row_factory=namedtuple_row), items, now)
         if decided is None:
-            raw.rollback()
-        else:
-            raw.commit()
-    except BaseException:
-        raw.invalidate()  # whatever state it is in, the pool opens a fresh one
-        raise
-    finally:
-        raw.close()
+            driver.rollback()
     return decided
 
 

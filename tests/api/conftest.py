@@ -95,6 +95,45 @@ def refuse_commits(pg_url: str) -> None:
                      "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()")
 
 
+def lose_commits(monkeypatch: pytest.MonkeyPatch, database_url: str, pg_url: str) -> None:
+    """Make the commit of every inbox transaction that wrote events fail as a lost
+    server fails it. On PostgreSQL the transaction's backend is terminated after
+    its insert (a connection really dropped, so psycopg's own error comes up); on
+    SQLite, whose file cannot go away, SQLAlchemy's ``OperationalError`` is raised
+    at the commit."""
+    import psycopg
+    from sqlalchemy import Connection
+    from sqlalchemy.exc import OperationalError
+
+    from db import lead_inbox
+
+    if database_url == pg_url:
+        real_driver = lead_inbox._DriverWrite.record_leads
+
+        def record_then_drop(self: Any, rows: Any) -> set[str]:
+            written = real_driver(self, rows)
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)",
+                              (self.cursor.connection.info.backend_pid,))
+            return written
+
+        monkeypatch.setattr(lead_inbox._DriverWrite, "record_leads", record_then_drop)
+        return
+    real_record, real_commit = lead_inbox._ConnectionWrite.record_leads, Connection.commit
+
+    def record(self: Any, rows: Any) -> set[str]:
+        self.conn.info["wrote_events"] = True
+        return real_record(self, rows)
+
+    def commit(conn: Connection) -> None:
+        if conn.info.pop("wrote_events", False):
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        real_commit(conn)
+
+    monkeypatch.setattr(lead_inbox._ConnectionWrite, "record_leads", record)
+    monkeypatch.setattr(Connection, "commit", commit)
+
+
 def queued(redis_url: str, namespace: str, queue: str = "leads") -> int:
     return int(redis.Redis.from_url(redis_url).hlen(f"{namespace}:{queue}.msgs"))
 

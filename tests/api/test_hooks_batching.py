@@ -14,18 +14,17 @@ import pytest
 import redis
 from dramatiq.message import Message
 from fastapi import FastAPI
-from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
 
 from api import inbox
 from api.app import create_app
-from db import lead_inbox, sources
+from db import sources
 from db.engine import session_scope
 from db.models import Event
 from tests.api.conftest import (
     as_json,
     count,
     events,
+    lose_commits,
     nothing_stored,
     queued,
     refuse_commits,
@@ -99,24 +98,13 @@ def test_a_batch_mixes_new_repeated_reused_and_invalid_webhooks(service_env, fac
 
 
 def test_a_commit_that_fails_answers_503_to_the_whole_batch(service_env, factory, funnel,
-                                                            monkeypatch):
-    real_record, real_commit = lead_inbox.record_leads, Connection.commit
-
-    def record(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
-        conn.info["wrote_events"] = True
-        return real_record(conn, rows)
-
-    def commit(conn: Connection) -> None:
-        if conn.info.pop("wrote_events", False):
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        real_commit(conn)
-
-    monkeypatch.setattr(lead_inbox, "record_leads", record)
-    monkeypatch.setattr(Connection, "commit", commit)
+                                                            monkeypatch, pg_url, batch_sizes):
+    lose_commits(monkeypatch, service_env["DATABASE_URL"], pg_url)
     bodies = [as_json({**LEAD, "email": f"ada{i}@example.com"}) for i in range(6)]
     answers = post_all(create_app(), [(funnel.url, body, signed(funnel.secret, body, f"w{i}"))
                                       for i, body in enumerate(bodies)])
     monkeypatch.undo()
+    assert max(batch_sizes) > 1
     assert [r.status_code for r in answers] == [503] * 6
     assert all(r.json()["error"] == "unavailable" for r in answers)
     assert nothing_stored(factory)

@@ -7,34 +7,27 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
 
 from api import inbox
 from api.app import create_app
-from db import lead_inbox
 from tests import services
-from tests.api.conftest import as_json, events, nothing_stored, queued, refuse_commits, signed
+from tests.api.conftest import (
+    as_json,
+    events,
+    lose_commits,
+    nothing_stored,
+    queued,
+    refuse_commits,
+    signed,
+)
 from worker import runtime
 
 LEAD = {"first_name": "Ada", "email": "ada@example.com"}
 
 
 def test_a_failing_commit_answers_503_not_202(client, factory, funnel, monkeypatch,
-                                               service_env):
-    real_record, real_commit = lead_inbox.record_leads, Connection.commit
-
-    def record(conn, rows):
-        conn.info["wrote_event"] = True
-        return real_record(conn, rows)
-
-    def commit(conn):
-        if conn.info.pop("wrote_event", False):
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
-        real_commit(conn)
-
-    monkeypatch.setattr(lead_inbox, "record_leads", record)
-    monkeypatch.setattr(Connection, "commit", commit)
+                                               service_env, pg_url):
+    lose_commits(monkeypatch, service_env["DATABASE_URL"], pg_url)
     body = as_json(LEAD)
     r = client.post(funnel.url, content=body, headers=signed(funnel.secret, body, "msg_1"))
     assert r.status_code == 503, r.text
