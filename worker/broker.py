@@ -9,16 +9,7 @@ from uuid import uuid4
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.message import Message
-from dramatiq.middleware import (
-    AgeLimit,
-    Callbacks,
-    CurrentMessage,
-    Middleware,
-    Pipelines,
-    Retries,
-    ShutdownNotifications,
-    TimeLimit,
-)
+from dramatiq.middleware import CurrentMessage, Middleware, Retries, TimeLimit
 
 from db.errors import DomainError
 from worker import embedded
@@ -51,10 +42,11 @@ def build_broker(settings: Settings | None = None) -> RedisBroker:
     settings = settings or get_settings()
     # dramatiq runs the ``after_*`` hooks in reverse order: RecordFailure must
     # come before Retries to see its verdict, BindLogContext first to unbind last.
+    # Of dramatiq's defaults, only what our actors use: no message sets max_age,
+    # callbacks, a pipeline or notify_shutdown, and each middleware's hooks run for
+    # every message.
     middleware: list[Any] = [
-        BindLogContext(), RecordFailure(),
-        AgeLimit(), TimeLimit(time_limit=600_000), ShutdownNotifications(), Callbacks(),
-        Pipelines(),
+        BindLogContext(), RecordFailure(), TimeLimit(time_limit=600_000),
         Retries(min_backoff=settings.min_backoff_ms, max_backoff=settings.max_backoff_ms,
                 retry_when=_retry_when),
         CurrentMessage(),
