@@ -174,7 +174,7 @@ def _admit(source: SourceRow, raw: bytes, headers: Headers) -> inbox.Incoming:
     lead: LeadProfile | None = None
     errors: list[dict[str, Any]] | None = None
     try:
-        lead = lead_from_body(body.parse(raw, kind))
+        lead = lead_from_body(body.parse(raw, kind), phone_as_sent=True)
     except UnusableLead as exc:
         errors = exc.errors
     return inbox.Incoming(source, webhook_id=event_key, raw_body=body.raw_text(raw),

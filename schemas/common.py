@@ -10,7 +10,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+)
 
 #: cents; the price of one extra credit (R4)
 CREDIT_PRICE_CENTS = 900
@@ -95,14 +103,28 @@ def _normalise_email(value: str) -> str:
 _PHONE_CHARS = re.compile(r"^[0-9+().\-\s/x]{3,40}$")
 
 
-def normalise_phone(value: str, *, region: str = "US") -> str:
-    """E.164 where the number parses as valid, else the digits as given.
+#: validation context key: check phone numbers' shape, and leave them as sent
+PHONE_AS_SENT = "phone_as_sent"
+
+
+def check_phone(value: str) -> str:
+    """The value, stripped, if it can be a phone number: what decides whether
+    :func:`normalise_phone` accepts it (it never refuses what this accepts).
 
     :raises ValueError: when the value holds no phone number at all.
     """
     value = value.strip()
     if not _PHONE_CHARS.match(value) or sum(c.isdigit() for c in value) < 3:
         raise ValueError("not a phone number")
+    return value
+
+
+def normalise_phone(value: str, *, region: str = "US") -> str:
+    """E.164 where the number parses as valid, else the digits as given.
+
+    :raises ValueError: when the value holds no phone number at all.
+    """
+    value = check_phone(value)
     try:
         parsed = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
@@ -132,7 +154,15 @@ def _no_nul(value: str) -> str:
 TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64),
                          AfterValidator(_check_timezone)]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]
-Phone = Annotated[str, StringConstraints(max_length=40), AfterValidator(normalise_phone)]
+def _phone(value: str, info: ValidationInfo) -> str:
+    """Normalised, or only checked when the context says :data:`PHONE_AS_SENT` (the web
+    process stores a lead that way; the worker normalises it as it makes the profile)."""
+    if info.context is not None and info.context.get(PHONE_AS_SENT):
+        return check_phone(value)
+    return normalise_phone(value)
+
+
+Phone = Annotated[str, StringConstraints(max_length=40), AfterValidator(_phone)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$"),
                        AfterValidator(_no_control)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=100), AfterValidator(_no_control)]

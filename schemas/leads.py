@@ -67,7 +67,7 @@ from typing import Any, Self
 
 from pydantic import Field, ValidationError, model_validator
 
-from schemas.common import Email, ExtraMap, Name, Phone, ShortText, Strict
+from schemas.common import PHONE_AS_SENT, Email, ExtraMap, Name, Phone, ShortText, Strict
 
 #: normalised key -> profile field; ``full_name`` is split into first and last
 ALIASES: dict[str, str] = {
@@ -123,6 +123,9 @@ class LeadProfile(Strict):
         return self
 
 
+_AS_SENT = {PHONE_AS_SENT: True}
+
+
 class UnusableLead(ValueError):
     """A body that does not make a lead. ``errors`` say why, never with the values sent."""
 
@@ -162,9 +165,12 @@ def field_for(key: str) -> str | None:
     return None
 
 
-def lead_from_body(body: Any) -> LeadProfile:
+def lead_from_body(body: Any, *, phone_as_sent: bool = False) -> LeadProfile:
     """Map a webhook body onto a lead.
 
+    :param phone_as_sent: check the phone number but keep it as sent, for the worker
+        to normalise (``LeadProfile.model_validate`` of the stored lead does): the
+        same leads pass, at half the cost on the web's hot path.
     :raises UnusableLead: when the body is not an object or the lead is not valid.
     """
     if not isinstance(body, Mapping):
@@ -172,7 +178,8 @@ def lead_from_body(body: Any) -> LeadProfile:
                              "type": "not_an_object"}])
     mapped = map_fields(body)
     try:
-        return LeadProfile.model_validate(mapped.fields)
+        return LeadProfile.model_validate(mapped.fields,
+                                          context=_AS_SENT if phone_as_sent else None)
     except ValidationError as exc:
         errors = []
         for e in exc.errors(include_input=False, include_url=False):

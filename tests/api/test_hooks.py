@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from db import sources
+from db import intake, sources
 from db.engine import session_scope
-from db.models import Event
+from db.models import ClientProfile, Event
 from schemas.common import Channel
 from tests.api.conftest import (
     ACCOUNT,
@@ -42,9 +42,16 @@ def test_a_signed_funnel_lead_is_committed_then_queued(client, factory, funnel, 
     assert event.raw_body == body.decode()
     assert event.payload is not None
     assert event.payload["email"] == "ada@example.com"
-    assert event.payload["phone"] == "+14155552671"
+    assert event.payload["phone"] == "(415) 555-2671"  # checked; the worker normalises it
     assert event.payload["extra"] == {"source": "manual", "account_id": OTHER_ACCOUNT}
     assert queued(service_env["REDIS_URL"], service_env["BROKER_NAMESPACE"]) == 1
+    with session_scope(factory) as s:  # what the worker's ingest_lead does with it
+        outcome = intake.ingest_lead(s, event.id, now=datetime.now(UTC))
+    assert outcome is not None and outcome.profile is not None
+    assert outcome.profile["phone"] == "+14155552671"
+    with session_scope(factory) as s:
+        profile = s.get(ClientProfile, s.get(Event, event.id).profile_id)
+        assert profile.phone == "+14155552671" and profile.email == "ada@example.com"
 
 
 def test_a_form_encoded_website_lead_with_a_bearer_token(client, factory, website):
