@@ -270,8 +270,10 @@ def test_personal_data_never_reaches_the_logs(service_env, funnel, capsys):
         client.post(funnel.url, content=body, headers=signed(funnel.secret, body, "msg_1"))
         client.post(funnel.url, content=b'{"Email": "bad@@example.com", "name": "Ada Lovelace"}',
                     headers={**funnel.bearer(), "content-type": "application/json"})
+        # a sender who puts a contact where the source id goes: refused, and logged scrubbed
+        assert client.post("/v1/hooks/ada@example.com", json=LEAD).status_code == 404
     logged = capsys.readouterr().err
-    assert "hook.accepted" in logged and "hook.invalid" in logged
+    assert "hook.accepted" in logged and "hook.invalid" in logged and "hook.refused" in logged
     for secret in ("Ada", "Lovelace", "ada@example.com", "ADA@Example.com", "(415) 555-2671",
                    "+14155552671", "4155552671", "1815-12-10", "bad@@example.com",
                    funnel.token, funnel.secret):
