@@ -48,9 +48,10 @@ def test_balance_reads_the_right_figures_at_any_ledger_size(services: None) -> N
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
 def test_every_accepted_lead_is_a_stored_event(services: None) -> None:
     out = io.StringIO()
-    code = http.run(seconds=2, connections=4, paced_connections=2, out=out)
+    code = http.run(seconds=2, connections=4, paced_connections=2, rounds=2, out=out)
     text = out.getvalue()
     assert code == 0, text
+    assert "round 2 signed leads" in text and "ratio leads / healthz (median of 2)" in text
     assert "each one a stored event of the source" in text and "checks: ok" in text
 
 
