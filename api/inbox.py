@@ -130,30 +130,29 @@ class Inbox:
     def store_all(self, batch: Sequence[Incoming]) -> list[Stored | BaseException]:
         """Write a batch of webhooks in one transaction and commit; one result each.
 
-        The sources are read first, in the same transaction: a webhook whose
-        source changed since it was checked gets :class:`SourceChanged` and
-        writes nothing. A webhook-id stored before (or twice in the batch) is
-        then looked up one at a time, as :func:`store` does. After the commit,
-        the events that wait for the worker are sent in one round trip; a failed
-        send only logs.
+        Each row is written only if its source is still the one it was checked
+        against (:meth:`db.lead_inbox.InboxWrite.record_checked`, in the same
+        statement on PostgreSQL): a webhook whose source changed gets
+        :class:`SourceChanged` and writes nothing. A webhook-id stored before (or
+        twice in the batch) is then looked up one at a time, as :func:`store` does.
+        After the commit, the events that wait for the worker are sent in one round
+        trip; a failed send only logs.
 
         :raises sqlalchemy.exc.OperationalError: when a statement or the commit
             fails: every webhook of the batch is refused then.
         """
         now = runtime.now()
+        rows = [intake.lead_row(
+            source_id=item.source.id, account_id=item.source.account_id,
+            channel=item.source.kind, webhook_id=item.webhook_id, raw_body=item.raw_body,
+            content_type=item.content_type, lead=item.lead, errors=item.errors, now=now)
+            for item in batch]
         with lead_inbox.transaction(runtime.engine()) as tx:
-            current = tx.find_sources([item.source.id for item in batch])
-            admitted = [current.get(item.source.id) == item.source and item.source.enabled
-                        for item in batch]
-            rows = [intake.lead_row(
-                source_id=item.source.id, account_id=item.source.account_id,
-                channel=item.source.kind, webhook_id=item.webhook_id, raw_body=item.raw_body,
-                content_type=item.content_type, lead=item.lead, errors=item.errors, now=now)
-                if ok else None for item, ok in zip(batch, admitted, strict=True)]
-            written = tx.record_leads([row for row in rows if row is not None])
+            written, changed = tx.record_checked(
+                [(item.source, row) for item, row in zip(batch, rows, strict=True)])
         results: list[Stored | BaseException] = []
         for item, row in zip(batch, rows, strict=True):
-            if row is None:
+            if row["id"] in changed:
                 results.append(SourceChanged(item.source.id))
             elif row["id"] in written:
                 results.append(Stored(event_id=row["id"], status=row["status"], new=True,

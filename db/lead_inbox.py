@@ -1,9 +1,10 @@
 """The lead inbox on the HTTP side: sources looked up and webhooks stored, many at a time.
 
 The web process gathers the webhooks of concurrent requests and writes them
-here together: one ``SELECT`` for their sources, then one ``INSERT ... ON
-CONFLICT (dedupe_key) DO NOTHING RETURNING id`` and one commit for their events
-(group commit). Every statement is built once, at import, with bound
+here together: one ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING
+id`` that writes only the rows whose source is still the one each was checked
+against, and one commit for their events (group commit; on SQLite the sources
+are read first, in the same transaction). Every statement is built once, at import, with bound
 parameters, and runs on a plain pooled connection: no ORM session, no
 recompiling per request; on PostgreSQL on psycopg's own connection
 (:func:`transaction`). There the rows go as one JSON parameter
@@ -76,6 +77,26 @@ _RECORD_PG = (
     + " FROM json_to_recordset(CAST({rows} AS json)) AS r("
     + ", ".join(f"{n} {t}" for n, t in EVENT_COLUMNS.items())
     + ") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
+#: the credentials a webhook was checked against, next to each row of
+#: :data:`_RECORD_CHECKED_PG`: a row is written only if its source still has them
+_CHECKED_COLUMNS: dict[str, str] = {
+    "src_secret": "varchar", "src_previous_secret": "varchar",
+    "src_previous_secret_expires_at": "timestamptz", "src_token_hash": "varchar"}
+#: PostgreSQL: :data:`_RECORD_PG` for the rows whose source is still enabled and the one
+#: each was checked against (same account, kind, secrets and token): the check and the
+#: write in one statement, one round trip
+_RECORD_CHECKED_PG = (
+    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 (column names are ours)
+    "SELECT " + ", ".join(f"coalesce(r.{n}, 'null'::json)" if n in _JSON_COLUMNS else f"r.{n}"
+                          for n in EVENT_COLUMNS)
+    + " FROM json_to_recordset(CAST(%(rows)s AS json)) AS r("
+    + ", ".join(f"{n} {t}" for n, t in {**EVENT_COLUMNS, **_CHECKED_COLUMNS}.items())
+    + ") JOIN sources AS s ON s.id = r.source_id AND s.enabled"
+    " AND s.account_id = r.account_id AND s.kind = r.channel AND s.secret = r.src_secret"
+    " AND s.previous_secret IS NOT DISTINCT FROM r.src_previous_secret"
+    " AND s.previous_secret_expires_at IS NOT DISTINCT FROM r.src_previous_secret_expires_at"
+    " AND s.token_hash = r.src_token_hash"
+    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
 #: the two, for SQLAlchemy's ``text()`` and for psycopg's cursor
 _FIND_SOURCES_TEXT = text(_FIND_SOURCES_PG.format(ids=":ids"))
 _FIND_SOURCES_DRIVER = _FIND_SOURCES_PG.format(ids="%(ids)s")
@@ -94,6 +115,22 @@ class InboxWrite(Protocol):
 
     def record_leads(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         """:func:`record_leads` in this transaction."""
+
+    def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
+                       ) -> tuple[set[str], set[str]]:
+        """Insert each row (as :func:`record_leads`) whose source is still the
+        :class:`SourceRow` it was checked against, and enabled.
+
+        :returns: the ids of the rows written, and those of the rows whose source
+            changed (the others were stored before, or twice in ``checked``).
+        """
+
+
+def _changed(current: dict[str, SourceRow], checked: Sequence[tuple[SourceRow, dict[str, Any]]]
+             ) -> set[str]:
+    """The ids of the rows whose source is not, or no longer, the one checked."""
+    return {row["id"] for source, row in checked
+            if not source.enabled or current.get(source.id) != source}
 
 
 @contextmanager
@@ -124,6 +161,11 @@ class _ConnectionWrite:
     def record_leads(self, rows: Sequence[dict[str, Any]]) -> set[str]:
         return record_leads(self.conn, rows)
 
+    def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
+                       ) -> tuple[set[str], set[str]]:
+        changed = _changed(self.find_sources(source.id for source, _ in checked), checked)
+        return self.record_leads([row for _, row in checked if row["id"] not in changed]), changed
+
 
 @dataclass(frozen=True, slots=True)
 class _DriverWrite:
@@ -141,6 +183,24 @@ class _DriverWrite:
             return set()
         self.cursor.execute(_RECORD_PG_DRIVER, {"rows": _rows_document(rows)})
         return {row[0] for row in self.cursor.fetchall()}
+
+    def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
+                       ) -> tuple[set[str], set[str]]:
+        if not checked:
+            return set(), set()
+        rows = [{**row, "src_secret": source.secret,
+                 "src_previous_secret": source.previous_secret,
+                 "src_previous_secret_expires_at": source.previous_secret_expires_at,
+                 "src_token_hash": source.token_hash} for source, row in checked]
+        self.cursor.execute(_RECORD_CHECKED_PG, {"rows": _rows_document(
+            rows, columns=(*EVENT_COLUMNS, *_CHECKED_COLUMNS))})
+        written = {row[0] for row in self.cursor.fetchall()}
+        rest = [(source, row) for source, row in checked if row["id"] not in written]
+        if not rest:
+            return written, set()
+        # why some were not written: read their sources (a repeated webhook-id is the
+        # usual reason; a source changed since its check the rare one)
+        return written, _changed(self.find_sources(source.id for source, _ in rest), rest)
 
 
 def find_sources(conn: Connection, source_ids: Iterable[str]) -> dict[str, SourceRow]:
@@ -166,13 +226,14 @@ def record_leads(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
     return {row[0] for row in conn.execute(_RECORD_PG_TEXT, {"rows": _rows_document(rows)})}
 
 
-def _rows_document(rows: Sequence[dict[str, Any]]) -> str:
+def _rows_document(rows: Sequence[dict[str, Any]],
+                   columns: Iterable[str] = tuple(EVENT_COLUMNS)) -> str:
     """The rows as the JSON array :data:`_RECORD_PG` reads, in key order, so that two
     batches holding the same webhook-ids never wait on each other in a cycle (each
     waiting for the other's uncommitted key)."""
     ordered = sorted(rows, key=lambda row: str(row["dedupe_key"]))
-    return json.dumps([{name: row[name] for name in EVENT_COLUMNS} for row in ordered],
-                      default=_iso)
+    names = tuple(columns)
+    return json.dumps([{name: row[name] for name in names} for row in ordered], default=_iso)
 
 
 def _iso(value: Any) -> str:

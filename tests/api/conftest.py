@@ -108,16 +108,16 @@ def lose_commits(monkeypatch: pytest.MonkeyPatch, database_url: str, pg_url: str
     from db import lead_inbox
 
     if database_url == pg_url:
-        real_driver = lead_inbox._DriverWrite.record_leads
+        real_driver = lead_inbox._DriverWrite.record_checked
 
-        def record_then_drop(self: Any, rows: Any) -> set[str]:
-            written = real_driver(self, rows)
+        def record_then_drop(self: Any, checked: Any) -> tuple[set[str], set[str]]:
+            written = real_driver(self, checked)
             with psycopg.connect(pg_url, autocommit=True) as admin:
                 admin.execute("SELECT pg_terminate_backend(%s)",
                               (self.cursor.connection.info.backend_pid,))
             return written
 
-        monkeypatch.setattr(lead_inbox._DriverWrite, "record_leads", record_then_drop)
+        monkeypatch.setattr(lead_inbox._DriverWrite, "record_checked", record_then_drop)
         return
     real_record, real_commit = lead_inbox._ConnectionWrite.record_leads, Connection.commit
 
