@@ -4,9 +4,9 @@ The web process gathers the webhooks of concurrent requests and writes them
 here together: one ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING
 id`` that writes only the rows whose source is still the one each was checked
 against, and one commit for their events (group commit; on SQLite the sources
-are read first, in the same transaction). Every statement is built once, at import, with bound
-parameters, and runs on a plain pooled connection: no ORM session, no
-recompiling per request; on PostgreSQL on psycopg's own connection
+are read first, in the same transaction). Every statement is built once, at
+import, with bound parameters, and runs on a plain pooled connection: no ORM
+session, no recompiling per request; on PostgreSQL on psycopg's own connection
 (:func:`transaction`). There the rows go as one JSON parameter
 (``json_to_recordset``), so the statement text is the same for any batch.
 
