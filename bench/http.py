@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import statistics
@@ -41,7 +42,7 @@ from typing import Any
 from sqlalchemy import func, select
 from standardwebhooks.webhooks import Webhook
 
-from bench._harness import Bench, BenchFailed, bench, free_port, wait_for
+from bench._harness import Bench, BenchFailed, CpuSample, bench, cpu_sample, free_port, wait_for
 from db.engine import session_scope
 from db.models import Event
 
@@ -132,6 +133,10 @@ class Load:
     errors: int
     statuses: dict[int, int] = field(default_factory=dict)
     accepted: list[str] = field(default_factory=list)
+    #: CPU seconds over the run: the web's process group, PostgreSQL, Redis, the machine
+    cpu: CpuSample | None = None
+    #: CPU seconds of the web process's main thread (its event loop) over the run
+    loop_cpu: float | None = None
 
     @property
     def rate(self) -> float:
@@ -139,9 +144,28 @@ class Load:
 
     def line(self) -> str:
         codes = ", ".join(f"{code}: {n}" for code, n in sorted(self.statuses.items()))
-        return (f"{self.name}: {self.rate:.0f} req/s, p50 {self.p50_ms:.1f} ms, "
+        line = (f"{self.name}: {self.rate:.0f} req/s, p50 {self.p50_ms:.1f} ms, "
                 f"p99 {self.p99_ms:.1f} ms ({self.requests} requests in {self.seconds:.1f} s; "
                 f"{codes}; socket errors {self.errors})")
+        if self.cpu is None or not self.requests:
+            return line
+        per, c = 1000 / self.requests, self.cpu
+        loop = f" (its event loop's thread {self.loop_cpu * per:.3f} ms)" \
+            if self.loop_cpu is not None else ""
+        return (f"{line}\n  cpu per request: web {c.group * per:.3f} ms{loop}, postgres "
+                f"{c.postgres * per:.3f} ms, redis {c.redis * per:.3f} ms, whole machine "
+                f"{c.machine * per:.3f} ms (web {c.group / self.seconds:.0%} of one core busy)")
+
+
+def thread_cpu(pid: int) -> float | None:
+    """CPU seconds of the process's main thread (uvicorn's event loop), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def lua_string(text: str) -> str:
@@ -164,14 +188,17 @@ def sign_leads(path: Path, *, secret: str, count: int, tag: str) -> None:
 
 
 def wrk(b: Bench, url: str, *, name: str, seconds: float, connections: int,
-        requests: Path | None = None, delay_ms: float = 0.0) -> Load:
-    """One wrk run (one thread) against ``url``."""
+        requests: Path | None = None, delay_ms: float = 0.0, web: int | None = None) -> Load:
+    """One wrk run (one thread) against ``url``; with ``web``, the pid of the server
+    (the leader of its process group), the CPU the run cost too."""
     tag = uuid.uuid4().hex[:8]
     ids = b.workdir / f"ids-{tag}.txt" if requests else None
     script = b.workdir / f"wrk-{tag}.lua"
     script.write_text(LUA % {"requests": lua_string(str(requests or "")),
                              "ids": lua_string(str(ids or "")), "delay_ms": f"{delay_ms:.3f}",
                              "delay": DELAY if delay_ms > 0 else ""})
+    cpu_before = cpu_sample(web) if web else None
+    loop_before = thread_cpu(web) if web else None
     done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s",
                            "--timeout", "10s", "-s", str(script), url, "--", "1"],
                           capture_output=True, text=True, timeout=seconds + 120, check=False)
@@ -180,9 +207,13 @@ def wrk(b: Bench, url: str, *, name: str, seconds: float, connections: int,
         raise BenchFailed(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
     n, duration_us, p50, p99, *errors = (int(v) for v in found.group(1).split())
     statuses = {int(c): int(k) for c, k in re.findall(r"^STATUS (\d+) (\d+)$", done.stdout, re.M)}
+    cpu = cpu_sample(web) - cpu_before if web and cpu_before else None
+    loop_after = thread_cpu(web) if web else None
     return Load(name=name, requests=n, seconds=duration_us / 1e6, p50_ms=p50 / 1000,
                 p99_ms=p99 / 1000, errors=sum(errors[:4]), statuses=statuses,
-                accepted=ids.read_text().split() if ids and ids.exists() else [])
+                accepted=ids.read_text().split() if ids and ids.exists() else [], cpu=cpu,
+                loop_cpu=loop_after - loop_before
+                if loop_after is not None and loop_before is not None else None)
 
 
 def answers(url: str) -> bool:
@@ -291,13 +322,13 @@ def run(*, seconds: float = 10, connections: int = 16, paced_connections: int = 
             for round_ in range(1, rounds + 1):
                 prefix = f"round {round_} " if rounds > 1 else ""
                 health = wrk(b, f"{base}/healthz", name=f"{prefix}/healthz", seconds=seconds,
-                             connections=connections)
+                             connections=connections, web=proc.pid)
                 say(health.line())
                 leads = b.workdir / f"peak-{round_}.tsv"
                 sign_leads(leads, secret=source["secret"], tag=f"peak-{uuid.uuid4().hex[:6]}",
                            count=int(max(health.rate, 500) * seconds * 1.5))
                 ingest = wrk(b, hook_url, name=f"{prefix}signed leads", seconds=seconds,
-                             connections=connections, requests=leads)
+                             connections=connections, requests=leads, web=proc.pid)
                 say(ingest.line())
                 peaks.append(ingest)
                 ratios.append(ingest.rate / health.rate if health.rate else 0.0)
