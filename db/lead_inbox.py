@@ -66,42 +66,44 @@ EVENT_COLUMNS: dict[str, str] = {
     "processed_at": "timestamptz"}
 _JSON_COLUMNS = frozenset(name for name, kind in EVENT_COLUMNS.items() if kind == "json")
 
-#: PostgreSQL: a batch of webhooks as events, all in one JSON parameter (one string to
-#: send, parsed by the server), so that the statement is the same text for any batch
-#: size; a JSON column's None is stored as JSON null, as SQLAlchemy's JSON type does;
-#: returns the rows it wrote. ``{rows}`` is the parameter's placeholder.
-_RECORD_PG = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 (column names are ours)
-    "SELECT " + ", ".join(f"coalesce(r.{n}, 'null'::json)" if n in _JSON_COLUMNS else f"r.{n}"
-                          for n in EVENT_COLUMNS)
-    + " FROM json_to_recordset(CAST({rows} AS json)) AS r("
-    + ", ".join(f"{n} {t}" for n, t in EVENT_COLUMNS.items())
-    + ") ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
 #: the credentials a webhook was checked against, next to each row of
 #: :data:`_RECORD_CHECKED_PG`: a row is written only if its source still has them
 _CHECKED_COLUMNS: dict[str, str] = {
     "src_secret": "varchar", "src_previous_secret": "varchar",
     "src_previous_secret_expires_at": "timestamptz", "src_token_hash": "varchar"}
-#: PostgreSQL: :data:`_RECORD_PG` for the rows whose source is still enabled and the one
-#: each was checked against (same account, kind, secrets and token): the check and the
-#: write in one statement, one round trip
-_RECORD_CHECKED_PG = (
-    f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 (column names are ours)
-    "SELECT " + ", ".join(f"coalesce(r.{n}, 'null'::json)" if n in _JSON_COLUMNS else f"r.{n}"
-                          for n in EVENT_COLUMNS)
-    + " FROM json_to_recordset(CAST(%(rows)s AS json)) AS r("
-    + ", ".join(f"{n} {t}" for n, t in {**EVENT_COLUMNS, **_CHECKED_COLUMNS}.items())
-    + ") JOIN sources AS s ON s.id = r.source_id AND s.enabled"
+#: the source a checked row is written for: still enabled, and still the one it was
+#: checked against (same account, kind, secrets and token)
+_SAME_SOURCE = (
+    " JOIN sources AS s ON s.id = r.source_id AND s.enabled"
     " AND s.account_id = r.account_id AND s.kind = r.channel AND s.secret = r.src_secret"
     " AND s.previous_secret IS NOT DISTINCT FROM r.src_previous_secret"
     " AND s.previous_secret_expires_at IS NOT DISTINCT FROM r.src_previous_secret_expires_at"
-    " AND s.token_hash = r.src_token_hash"
-    " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
-#: the two, for SQLAlchemy's ``text()`` and for psycopg's cursor
+    " AND s.token_hash = r.src_token_hash")
+
+
+def _insert_events(placeholder: str, *, checked: bool = False) -> str:
+    """PostgreSQL: a batch of webhooks as events, all in one JSON parameter (one string
+    to send, parsed by the server), so that the statement is the same text for any
+    batch size; a JSON column's None is stored as JSON null, as SQLAlchemy's JSON type
+    does; returns the ids of the rows it wrote. With ``checked``, each row carries
+    :data:`_CHECKED_COLUMNS` and is written only for :data:`_SAME_SOURCE`: the check
+    and the write in one statement, one round trip."""
+    columns = {**EVENT_COLUMNS, **_CHECKED_COLUMNS} if checked else EVENT_COLUMNS
+    return (
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) "  # noqa: S608 (names are ours)
+        "SELECT " + ", ".join(f"coalesce(r.{n}, 'null'::json)" if n in _JSON_COLUMNS
+                              else f"r.{n}" for n in EVENT_COLUMNS)
+        + f" FROM json_to_recordset(CAST({placeholder} AS json)) AS r("
+        + ", ".join(f"{n} {t}" for n, t in columns.items()) + ")"
+        + (_SAME_SOURCE if checked else "")
+        + " ON CONFLICT (dedupe_key) DO NOTHING RETURNING id")
+
+
+#: for SQLAlchemy's ``text()`` and for psycopg's cursor
 _FIND_SOURCES_TEXT = text(_FIND_SOURCES_PG.format(ids=":ids"))
 _FIND_SOURCES_DRIVER = _FIND_SOURCES_PG.format(ids="%(ids)s")
-_RECORD_PG_TEXT = text(_RECORD_PG.format(rows=":rows"))
-_RECORD_PG_DRIVER = _RECORD_PG.format(rows="%(rows)s")
+_RECORD_PG_TEXT = text(_insert_events(":rows"))
+_RECORD_CHECKED_PG = _insert_events("%(rows)s", checked=True)
 #: SQLite: the same, sent by SQLAlchemy as a multi-row INSERT
 _RECORD_SQLITE = (sqlite_insert(Event).on_conflict_do_nothing(index_elements=["dedupe_key"])
                   .returning(Event.id))
@@ -113,12 +115,9 @@ class InboxWrite(Protocol):
     def find_sources(self, source_ids: Iterable[str]) -> dict[str, SourceRow]:
         """:func:`find_sources` in this transaction."""
 
-    def record_leads(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """:func:`record_leads` in this transaction."""
-
     def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
                        ) -> tuple[set[str], set[str]]:
-        """Insert each row (as :func:`record_leads`) whose source is still the
+        """Insert each row (as :func:`record_leads` does) whose source is still the
         :class:`SourceRow` it was checked against, and enabled.
 
         :returns: the ids of the rows written, and those of the rows whose source
@@ -178,12 +177,6 @@ class _DriverWrite:
         self.cursor.execute(_FIND_SOURCES_DRIVER, {"ids": ids})
         return {row[0]: SourceRow(*row) for row in self.cursor.fetchall()}
 
-    def record_leads(self, rows: Sequence[dict[str, Any]]) -> set[str]:
-        if not rows:
-            return set()
-        self.cursor.execute(_RECORD_PG_DRIVER, {"rows": _rows_document(rows)})
-        return {row[0] for row in self.cursor.fetchall()}
-
     def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
                        ) -> tuple[set[str], set[str]]:
         if not checked:
@@ -228,7 +221,7 @@ def record_leads(conn: Connection, rows: Sequence[dict[str, Any]]) -> set[str]:
 
 def _rows_document(rows: Sequence[dict[str, Any]],
                    columns: Iterable[str] = tuple(EVENT_COLUMNS)) -> str:
-    """The rows as the JSON array :data:`_RECORD_PG` reads, in key order, so that two
+    """The rows as the JSON array :func:`_insert_events` reads, in key order, so that two
     batches holding the same webhook-ids never wait on each other in a cycle (each
     waiting for the other's uncommitted key)."""
     ordered = sorted(rows, key=lambda row: str(row["dedupe_key"]))

@@ -134,6 +134,14 @@ def normalise_phone(value: str, *, region: str = "US") -> str:
     return value
 
 
+def _phone(value: str, info: ValidationInfo) -> str:
+    """Normalised, or only checked when the context says :data:`PHONE_AS_SENT` (the web
+    process stores a lead that way; the worker normalises it as it makes the profile)."""
+    if info.context is not None and info.context.get(PHONE_AS_SENT):
+        return check_phone(value)
+    return normalise_phone(value)
+
+
 #: Unicode's control characters (category Cc): C0, DEL and C1
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
@@ -154,14 +162,6 @@ def _no_nul(value: str) -> str:
 TimeZoneName = Annotated[str, StringConstraints(min_length=1, max_length=64),
                          AfterValidator(_check_timezone)]
 Email = Annotated[str, StringConstraints(max_length=254), AfterValidator(_normalise_email)]
-def _phone(value: str, info: ValidationInfo) -> str:
-    """Normalised, or only checked when the context says :data:`PHONE_AS_SENT` (the web
-    process stores a lead that way; the worker normalises it as it makes the profile)."""
-    if info.context is not None and info.context.get(PHONE_AS_SENT):
-        return check_phone(value)
-    return normalise_phone(value)
-
-
 Phone = Annotated[str, StringConstraints(max_length=40), AfterValidator(_phone)]
 Identifier = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$"),
                        AfterValidator(_no_control)]
