@@ -59,10 +59,10 @@ sender's field.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date
-from itertools import islice
+from functools import lru_cache
 from typing import Any, Self
 
 from pydantic import Field, ValidationError, model_validator
@@ -154,8 +154,15 @@ def normalise_key(key: str) -> str:
     return _NON_ALNUM.sub("", key.lower())
 
 
+@lru_cache(maxsize=4096)
+def _is_container(key: str) -> bool:
+    return normalise_key(key) in CONTAINERS
+
+
+@lru_cache(maxsize=4096)
 def field_for(key: str) -> str | None:
-    """The profile field a sender's key maps to, or None."""
+    """The profile field a sender's key maps to, or None (remembered: a form sends the
+    same keys with every lead)."""
     norm = normalise_key(key)
     if norm in ALIASES:
         return ALIASES[norm]
@@ -194,7 +201,7 @@ def lead_from_body(body: Any, *, phone_as_sent: bool = False) -> LeadProfile:
 def map_fields(body: Mapping[str, Any]) -> MappedLead:
     """Sort a body's fields into profile fields and ``extra`` (see the module's table)."""
     mapped = MappedLead()
-    leaves = list(islice(_leaves(body, ()), MAX_LEAVES))
+    leaves = _leaves(body)
     targets = [_target(leaf) for leaf in leaves]
     used: set[int] = set()
     full_name: int | None = None
@@ -222,8 +229,7 @@ def map_fields(body: Mapping[str, Any]) -> MappedLead:
 
 def _target(leaf: _Leaf) -> str | None:
     parents = leaf.path[:-1]
-    if len(parents) > MAX_CONTAINER_DEPTH or not all(
-            normalise_key(p) in CONTAINERS for p in parents):
+    if len(parents) > MAX_CONTAINER_DEPTH or not all(_is_container(p) for p in parents):
         return None
     target = field_for(leaf.path[-1])
     if target is None and leaf.label:
@@ -234,7 +240,7 @@ def _target(leaf: _Leaf) -> str | None:
 def _sender_key(path: tuple[str, ...]) -> str:
     """The key as the sender named it: containers in front are left out."""
     start = 0
-    while start < len(path) - 1 and normalise_key(path[start]) in CONTAINERS:
+    while start < len(path) - 1 and _is_container(path[start]):
         start += 1
     return ".".join(path[start:])
 
@@ -249,31 +255,46 @@ def _add_extra(extra: dict[str, str], leaf: _Leaf) -> None:
             return
 
 
-def _leaves(node: Any, path: tuple[str, ...], depth: int = 0) -> Iterator[_Leaf]:
-    """The non-empty plain values of a body, in order, with their key paths."""
-    if depth > MAX_DEPTH:
+def _leaves(body: Mapping[str, Any]) -> list[_Leaf]:
+    """The non-empty plain values of a body, in order, with their key paths, the first
+    ``MAX_LEAVES`` of them (one pass that appends, rather than nested generators: this
+    runs for every webhook)."""
+    found: list[_Leaf] = []
+    _collect(body, (), 0, found)
+    return found
+
+
+def _collect(node: Any, path: tuple[str, ...], depth: int, found: list[_Leaf]) -> None:
+    if depth > MAX_DEPTH or len(found) >= MAX_LEAVES:
         return
     if isinstance(node, Mapping):
         if path and "value" in node and _plain(node["value"]):
             label = node.get("title") or node.get("label")
             text = _text(node["value"])
             if text:
-                yield _Leaf(path, text, label if isinstance(label, str) else None)
+                found.append(_Leaf(path, text, label if isinstance(label, str) else None))
             return
         for key, child in node.items():
-            yield from _leaves(child, (*path, _clean(str(key))), depth + 1)
+            if len(found) >= MAX_LEAVES:
+                return
+            if type(child) is str and depth < MAX_DEPTH:  # the usual field, without a call
+                text = _clean(child).strip()
+                if text:
+                    found.append(_Leaf((*path, _clean(str(key))), text))
+            else:
+                _collect(child, (*path, _clean(str(key))), depth + 1, found)
     elif isinstance(node, list):
         if path and all(_plain(v) for v in node):
             text = ", ".join(t for t in (_text(v) for v in node) if t)
             if text:
-                yield _Leaf(path, text)
+                found.append(_Leaf(path, text))
         else:
             for i, child in enumerate(node[:MAX_LEAVES]):
-                yield from _leaves(child, (*path, str(i)), depth + 1)
+                _collect(child, (*path, str(i)), depth + 1, found)
     elif path and _plain(node):
         text = _text(node)
         if text:
-            yield _Leaf(path, text)
+            found.append(_Leaf(path, text))
 
 
 def _plain(value: Any) -> bool:
@@ -290,6 +311,8 @@ def _text(value: Any) -> str:
 
 def _clean(text: str) -> str:
     """Text a database can hold: no NUL character, no lone surrogate."""
+    if text.isascii():  # no surrogate in it, and isascii() is O(1)
+        return text.replace("\x00", "") if "\x00" in text else text
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
 
 

@@ -7,7 +7,15 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from schemas.leads import MAX_EXTRA, UnusableLead, field_for, lead_from_body, unflatten_form
+from schemas.leads import (
+    MAX_DEPTH,
+    MAX_EXTRA,
+    MAX_LEAVES,
+    UnusableLead,
+    field_for,
+    lead_from_body,
+    unflatten_form,
+)
 
 #: a GoHighLevel workflow webhook: the contact at the top, the agency's business in
 #: ``location`` (its state is not the contact's), custom fields in ``customData``
@@ -196,3 +204,24 @@ def test_an_unusable_lead_says_why_and_in_which_field(body, loc, sent):
 ])
 def test_unflatten_form(pairs, tree):
     assert unflatten_form(pairs) == tree
+
+
+def _nested(levels: int, leaf: dict[str, str]) -> dict[str, object]:
+    body: dict[str, object] = dict(leaf)
+    for _ in range(levels - 1):
+        body = {"x": body}
+    return body
+
+
+def test_values_deeper_than_max_depth_are_left_to_the_raw_body():
+    at_limit = lead_from_body({"email": "a@example.com", **_nested(MAX_DEPTH, {"k": "kept"})})
+    assert at_limit.extra == {".".join(["x"] * (MAX_DEPTH - 1) + ["k"]): "kept"}
+    beyond = lead_from_body({"email": "a@example.com", **_nested(MAX_DEPTH + 1, {"k": "lost"})})
+    assert beyond.extra == {}
+
+
+def test_only_the_first_max_leaves_values_are_read():
+    filler = {f"k{i}": "v" for i in range(MAX_LEAVES)}
+    assert lead_from_body({"email": "a@example.com", **filler}).email == "a@example.com"
+    with pytest.raises(UnusableLead):
+        lead_from_body({**filler, "email": "a@example.com"})
