@@ -128,7 +128,7 @@ async def receive(request: Request) -> Response:
                  locs=[".".join(str(p) for p in e["loc"]) for e in errors])
         raise ApiError(422, "invalid_lead", "the body does not make a lead; it is kept as an "
                        "invalid event", event_id=stored.event_id, errors=errors)
-    log.info("hook.accepted", **fields)
+    # accepted webhooks are logged a batch at a time, by Inbox.store_all ("inbox.committed")
     # HookAccepted(event_id=..., status="accepted"), written out: event ids are "evt_<hex>"
     return Response(b'{"event_id":"%s","status":"accepted"}' % stored.event_id.encode(),
                     status_code=202, media_type="application/json")

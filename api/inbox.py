@@ -135,8 +135,9 @@ class Inbox:
         statement on PostgreSQL): a webhook whose source changed gets
         :class:`SourceChanged` and writes nothing. A webhook-id stored before (or
         twice in the batch) is then looked up one at a time, as :func:`store` does.
-        After the commit, the events that wait for the worker are sent in one round
-        trip; a failed send only logs.
+        After the commit, the new events are logged in one line (``inbox.committed``,
+        with their ids and sources), and those that wait for the worker are sent in
+        one round trip; a failed send only logs.
 
         :raises sqlalchemy.exc.OperationalError: when a statement or the commit
             fails: every webhook of the batch is refused then.
@@ -162,6 +163,12 @@ class Inbox:
                     results.append(store(item))
                 except Exception as exc:  # this request alone answers the error
                     results.append(exc)
+        stored = [(item, r) for item, r in zip(batch, results, strict=True)
+                  if isinstance(r, Stored) and r.new]
+        if stored:  # a line a batch: one a request cost the web as much as the signature
+            log.info("inbox.committed", events=len(stored),
+                     event_ids=[r.event_id for _, r in stored],
+                     source_ids=sorted({item.source.id for item, _ in stored}))
         self.producer.send_ingests([r.event_id for r in results
                                     if isinstance(r, Stored) and needs_sending(r)])
         return results

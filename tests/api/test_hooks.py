@@ -267,13 +267,17 @@ def test_a_rotated_secret_keeps_working_for_24_hours(client, factory, funnel, mo
 def test_personal_data_never_reaches_the_logs(service_env, funnel, capsys):
     body = as_json({**LEAD, "date_of_birth": "1815-12-10"})
     with TestClient(create_app()) as client:  # its log handler writes to the captured stderr
-        client.post(funnel.url, content=body, headers=signed(funnel.secret, body, "msg_1"))
+        accepted = client.post(funnel.url, content=body,
+                               headers=signed(funnel.secret, body, "msg_1")).json()["event_id"]
         client.post(funnel.url, content=b'{"Email": "bad@@example.com", "name": "Ada Lovelace"}',
                     headers={**funnel.bearer(), "content-type": "application/json"})
         # a sender who puts a contact where the source id goes: refused, and logged scrubbed
         assert client.post("/v1/hooks/ada@example.com", json=LEAD).status_code == 404
     logged = capsys.readouterr().err
-    assert "hook.accepted" in logged and "hook.invalid" in logged and "hook.refused" in logged
+    committed = [json.loads(line) for line in logged.splitlines() if "inbox.committed" in line]
+    assert [accepted] in [line["event_ids"] for line in committed]
+    assert {funnel.id} == {s for line in committed for s in line["source_ids"]}
+    assert "hook.invalid" in logged and "hook.refused" in logged
     for secret in ("Ada", "Lovelace", "ada@example.com", "ADA@Example.com", "(415) 555-2671",
                    "+14155552671", "4155552671", "1815-12-10", "bad@@example.com",
                    funnel.token, funnel.secret):
