@@ -125,7 +125,7 @@ def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @contextmanager
-def driver_transaction(engine: Engine) -> Iterator[Any]:
+def driver_transaction(engine: Engine, *, autocommit: bool = False) -> Iterator[Any]:
     """A transaction on a pooled connection's own driver connection (psycopg on
     PostgreSQL), for the hot paths whose statements are cheaper than SQLAlchemy's
     execution layer around them: committed when the block ends, rolled back if it
@@ -133,6 +133,11 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
     dropped from the pool, whatever state it was left in, and the driver's errors
     come out as SQLAlchemy's (``OperationalError`` for a server that went away),
     which the callers already handle.
+
+    :param autocommit: each statement of the block is a transaction of its own,
+        committed by the server before it answers: one round trip where a
+        statement and its ``COMMIT`` take two. Only for a block whose writes are
+        one statement (a statement is atomic; a block of several would not be).
     """
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:
@@ -143,10 +148,15 @@ def driver_transaction(engine: Engine) -> Iterator[Any]:
     try:
         driver = raw.driver_connection
         assert driver is not None  # a checked-out connection
-        yield driver
-        driver.commit()  # nothing to send when the block rolled back
+        if autocommit:
+            driver.autocommit = True
+            yield driver
+            driver.autocommit = False  # as the pool lends it to everyone else
+        else:
+            yield driver
+            driver.commit()  # nothing to send when the block rolled back
     except BaseException as exc:
-        raw.invalidate()
+        raw.invalidate()  # whatever its state (autocommit too): never lent again
         if isinstance(exc, dbapi_error):
             raise DBAPIError.instance(None, None, exc, dbapi_error, hide_parameters=True,
                                       connection_invalidated=True,

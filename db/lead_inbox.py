@@ -138,11 +138,15 @@ def transaction(engine: Engine) -> Iterator[InboxWrite]:
 
     On PostgreSQL its statements go straight to psycopg on a pooled connection
     (:func:`db.engine.driver_transaction`): for a batch, SQLAlchemy's execution
-    layer cost more CPU than the statements did. Elsewhere it is a plain
-    SQLAlchemy connection.
+    layer cost more CPU than the statements did. There a batch is written by one
+    statement (:meth:`_DriverWrite.record_checked`), in autocommit: committed by the
+    time the server answers it, in one round trip instead of two (the statement
+    and its ``COMMIT``; bench/RESULTS.md has what that gave). A read of sources
+    that may follow is a statement of its own. Elsewhere it is a plain SQLAlchemy
+    connection, committed at the end.
     """
     if engine.dialect.name == "postgresql":
-        with driver_transaction(engine) as driver:
+        with driver_transaction(engine, autocommit=True) as driver:
             yield _DriverWrite(driver.cursor())
         return
     with engine.connect() as conn:

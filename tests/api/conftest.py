@@ -96,9 +96,10 @@ def refuse_commits(pg_url: str) -> None:
 
 
 def lose_commits(monkeypatch: pytest.MonkeyPatch, database_url: str, pg_url: str) -> None:
-    """Make the commit of every inbox transaction that wrote events fail as a lost
-    server fails it. On PostgreSQL the transaction's backend is terminated after
-    its insert (a connection really dropped, so psycopg's own error comes up); on
+    """Make every inbox write of events fail as a lost server fails it, before it is
+    committed. On PostgreSQL, where a batch is one statement in autocommit (its
+    commit is part of its answer), the backend is terminated just before that
+    statement (a connection really dropped, so psycopg's own error comes up); on
     SQLite, whose file cannot go away, SQLAlchemy's ``OperationalError`` is raised
     at the commit."""
     import psycopg
@@ -110,14 +111,14 @@ def lose_commits(monkeypatch: pytest.MonkeyPatch, database_url: str, pg_url: str
     if database_url == pg_url:
         real_driver = lead_inbox._DriverWrite.record_checked
 
-        def record_then_drop(self: Any, checked: Any) -> tuple[set[str], set[str]]:
-            written = real_driver(self, checked)
+        def drop_then_record(self: Any, checked: Any) -> tuple[set[str], set[str]]:
             with psycopg.connect(pg_url, autocommit=True) as admin:
-                admin.execute("SELECT pg_terminate_backend(%s)",
+                # waits (up to 5 s) until the backend is gone
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)",
                               (self.cursor.connection.info.backend_pid,))
-            return written
+            return real_driver(self, checked)
 
-        monkeypatch.setattr(lead_inbox._DriverWrite, "record_checked", record_then_drop)
+        monkeypatch.setattr(lead_inbox._DriverWrite, "record_checked", drop_then_record)
         return
     real_record, real_commit = lead_inbox._ConnectionWrite.record_leads, Connection.commit
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import intake, lead_inbox, sources
@@ -70,3 +71,26 @@ def test_a_row_whose_source_changed_is_not_written(factory, source, column, valu
         written, changed = tx.record_checked([(source, checked_before)])
     assert (written, changed) == (set(), {checked_before["id"]})
     assert stored(factory) == 0
+
+
+def test_a_batch_commits_with_its_statement_and_its_connection_goes_back_transactional(
+        pg_url):
+    """On PostgreSQL a batch is one statement in autocommit: another connection sees it
+    before the block ends, and the pooled connection goes back with autocommit off."""
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    factory = sessionmaker(engine)
+    try:
+        setup_account(factory, "acme", now=NOW)
+        with session_scope(factory) as s:
+            source_id = sources.register(s, "acme", kind=Channel.funnel, name="f",
+                                         now=NOW).source.id
+        with lead_inbox.transaction(engine) as tx:
+            source = tx.find_sources([source_id])[source_id]
+            written, _ = tx.record_checked([(source, row(source, "w1"))])
+            with psycopg.connect(pg_url) as other:
+                assert other.execute("SELECT count(*) FROM events").fetchone() == (1,)
+        assert len(written) == 1
+        with engine.connect() as conn:  # the one pooled connection
+            assert conn.connection.driver_connection.autocommit is False
+    finally:
+        engine.dispose()
