@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
-from uuid import uuid4
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -106,7 +106,8 @@ def enqueue_many(broker: dramatiq.Broker, queue_name: str, actor_name: str,
     """
     sent: list[Message[Any]] = [
         Message(queue_name=queue_name, actor_name=actor_name, args=(payload,), kwargs={},
-                options={"redis_message_id": str(uuid4())}) for payload in payloads]
+                message_id=_uuid_text(), options={"redis_message_id": _uuid_text()})
+        for payload in payloads]
     if not isinstance(broker, RedisBroker):
         return [broker.enqueue(message) for message in sent]
     if not sent:
@@ -126,6 +127,13 @@ def enqueue_many(broker: dramatiq.Broker, queue_name: str, actor_name: str,
         for message in sent:
             broker.emit_after("enqueue", message, None)
     return sent
+
+
+def _uuid_text() -> str:
+    """128 random bits in the text form of a UUID, as dramatiq's ids are written, at a
+    third of ``str(uuid4())``'s cost (no UUID object; version bits not set)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _enqueue_hooked(broker: dramatiq.Broker) -> bool:
