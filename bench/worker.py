@@ -1,7 +1,7 @@
 """Benchmark: manual creations through the real worker, against reference actors, in one run.
 
     python -m bench.worker [--messages 20000] [--accounts 1000] [--hot-messages 5000]
-                           [--hot-credits 3000] [--rounds 1] [--py-spy DIR] [--threads 8]
+                           [--hot-credits 3000] [--rounds 3] [--py-spy DIR] [--threads 8]
 
 Each round enqueues a batch of messages first, then starts the Procfile's
 ``worker`` line (2 processes x 8 threads, or ``--threads``) and times how fast the queue drains:
@@ -343,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1_000)
     parser.add_argument("--hot-messages", type=int, default=5_000)
     parser.add_argument("--hot-credits", type=int, default=3_000)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeat every run this many times and print the medians")
     parser.add_argument("--no-references", dest="references", action="store_false",
                         help="skip the no-op and bare-charge actors (no ratios)")
     parser.add_argument("--py-spy", type=Path, default=None, metavar="DIR",
