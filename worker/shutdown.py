@@ -11,8 +11,8 @@ their queues. Two gaps remain, and this module closes them:
   ``casecredits dev`` do) signals the worker processes directly *and* through
   dramatiq's main process, which forwards what it gets. dramatiq takes a second
   SIGTERM as "kill now" and exits mid-shutdown. Here a repeat within
-  :data:`REPEAT_WINDOW_S` of the first counts as the same request; a later one
-  still kills.
+  :data:`REPEAT_WINDOW_S` of the first counts as the same request (the first
+  may have come while the process was still booting); a later one still kills.
 * A Redis consumer fetches up to its prefetch at once and hands the messages out
   one by one; when it stops between the two, the rest stay fetched in Redis
   until the worker's heartbeat goes stale. :class:`GiveBackPrefetched` puts them
@@ -71,9 +71,25 @@ def _dramatiq_handler() -> Any:
     return None
 
 
+def _already_stopping(handler: Any) -> bool:
+    """Whether dramatiq's handler has had a SIGTERM already (its ``running`` flag is off):
+    one that came while this process was still importing the actors, before this module."""
+    try:
+        cell = handler.__closure__[handler.__code__.co_freevars.index("running")]
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return False
+    return cell.cell_contents is False
+
+
 def _collapse_repeats(handler: Any) -> None:
-    """Wrap dramatiq's SIGTERM handler so that a quick repeat does not kill the process."""
-    first: list[float] = []
+    """Wrap dramatiq's SIGTERM handler so that a quick repeat does not kill the process.
+
+    A SIGTERM that dramatiq's own handler took before this wrapper was in place (the
+    group was stopped while the process was booting) counts as the first: without
+    that, the main process's forwarded copy, a moment later, killed the worker
+    mid-shutdown, with messages in its threads' hands.
+    """
+    first: list[float] = [time.monotonic()] if _already_stopping(handler) else []
 
     def once(signum: int, frame: FrameType | None) -> Any:
         now = time.monotonic()
