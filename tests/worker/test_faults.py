@@ -143,7 +143,9 @@ def test_a_sigkilled_worker_s_messages_run_again_exactly_once(env, sessions, mai
     client = redis.Redis.from_url(env["REDIS_URL"])
     with running("worker", env, tmp_path / "a.log",
                  {"WORKER_PROCESSES": "1", "WORKER_THREADS": "4"}) as victim:
-        wait_for(lambda: _done(sessions) >= 40, timeout=60, what="the first outcomes")
+        # polled often: the worker does hundreds a second, and the kill must land mid-stream
+        wait_for(lambda: _done(sessions) >= 40, timeout=60, what="the first outcomes",
+                 every=0.02)
         keys = _ack_keys(client, env["BROKER_NAMESPACE"])
         os.killpg(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
