@@ -72,7 +72,10 @@ def _ping_when_idle(engine: Engine) -> None:
     ``pool_pre_ping`` would cost a round trip on every checkout, one in four of
     a manual creation's. A connection in steady use is not pinged: if the server
     went away in between, its first statement fails, the pool drops every
-    connection made before, and the message is retried like any transient error.
+    connection made before (SQLAlchemy's sessions and connections; on the hot
+    paths of :func:`driver_transaction`, only the connection that failed, so the
+    others in steady use fail once each), and the message is retried like any
+    transient error, or the webhook answered 503.
     """
     @event.listens_for(engine, "checkin")
     def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
