@@ -224,6 +224,20 @@ def answers(url: str) -> bool:
         return False
 
 
+def write_batches(b: Bench, tag: str) -> str:
+    """How the leads signed with ``tag`` were written: a batch's events share their
+    ``received_at`` (:meth:`api.inbox.Inbox.store_all` stamps them together)."""
+    with session_scope(b.sessions) as s:
+        sizes = list(s.execute(select(func.count()).select_from(Event).where(
+            Event.external_id.like(f"msg\\_{tag}\\_%", escape="\\"))
+            .group_by(Event.received_at)).scalars())
+    if not sizes:
+        return "  write batches: none"
+    ones = sum(1 for n in sizes if n == 1)
+    return (f"  write batches: {len(sizes)}, {sum(sizes) / len(sizes):.1f} webhooks each on "
+            f"average, {ones / len(sizes):.0%} of them of one, the largest {max(sizes)}")
+
+
 def check_stored(b: Bench, source_id: str, accepted: list[str], *,
                  in_flight: int) -> tuple[list[str], int]:
     """What is wrong (a 202 whose event is not stored, more stored events than 202s
@@ -325,11 +339,13 @@ def run(*, seconds: float = 10, connections: int = 16, paced_connections: int = 
                              connections=connections, web=proc.pid)
                 say(health.line())
                 leads = b.workdir / f"peak-{round_}.tsv"
-                sign_leads(leads, secret=source["secret"], tag=f"peak-{uuid.uuid4().hex[:6]}",
+                tag = f"peak-{uuid.uuid4().hex[:6]}"
+                sign_leads(leads, secret=source["secret"], tag=tag,
                            count=int(max(health.rate, 500) * seconds * 1.5))
                 ingest = wrk(b, hook_url, name=f"{prefix}signed leads", seconds=seconds,
                              connections=connections, requests=leads, web=proc.pid)
                 say(ingest.line())
+                say(write_batches(b, tag))
                 peaks.append(ingest)
                 ratios.append(ingest.rate / health.rate if health.rate else 0.0)
                 say(f"{prefix}ratio leads / healthz: {ratios[-1]:.2f} target >= "
