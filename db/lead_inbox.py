@@ -3,8 +3,9 @@
 The web process gathers the webhooks of concurrent requests and writes them
 here together: one ``INSERT ... ON CONFLICT (dedupe_key) DO NOTHING RETURNING
 id`` that writes only the rows whose source is still the one each was checked
-against, and one commit for their events (group commit; on SQLite the sources
-are read first, in the same transaction). Every statement is built once, at
+against, committed as one (group commit: on PostgreSQL the statement is its own
+transaction, in autocommit; on SQLite the sources are read first, and the two
+statements are committed together). Every statement is built once, at
 import, with bound parameters, and runs on a plain pooled connection: no ORM
 session, no recompiling per request; on PostgreSQL on psycopg's own connection
 (:func:`transaction`). There the rows go as one JSON parameter
@@ -110,10 +111,10 @@ _RECORD_SQLITE = (sqlite_insert(Event).on_conflict_do_nothing(index_elements=["d
 
 
 class InboxWrite(Protocol):
-    """One transaction of the web's inbox (:func:`transaction`)."""
+    """One batch's write to the web's inbox (:func:`transaction`)."""
 
     def find_sources(self, source_ids: Iterable[str]) -> dict[str, SourceRow]:
-        """:func:`find_sources` in this transaction."""
+        """:func:`find_sources`, on this batch's connection."""
 
     def record_checked(self, checked: Sequence[tuple[SourceRow, dict[str, Any]]]
                        ) -> tuple[set[str], set[str]]:
@@ -134,7 +135,7 @@ def _changed(current: dict[str, SourceRow], checked: Sequence[tuple[SourceRow, d
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[InboxWrite]:
-    """A transaction for a batch of webhooks, committed when the block ends.
+    """The write of a batch of webhooks, committed by the time the block ends.
 
     On PostgreSQL its statements go straight to psycopg on a pooled connection
     (:func:`db.engine.driver_transaction`): for a batch, SQLAlchemy's execution
