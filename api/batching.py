@@ -40,7 +40,12 @@ class Batcher(Generic[T, R]):
         #: batches run on threads of their own (not the shared thread pool)
         self._thread = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        #: the drain tasks, kept referenced until done
         self._drainers: set[asyncio.Task[None]] = set()
+        #: drainers still in their loop. Counted here, not by ``len(self._drainers)``: a
+        #: drainer leaves that set only in a done callback, one loop step after it stopped
+        #: taking items, and an item submitted in between would wait with no one to run it
+        self._draining = 0
 
     async def submit(self, item: T) -> R:
         """Wait for ``item``'s result.
@@ -49,7 +54,8 @@ class Batcher(Generic[T, R]):
         """
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if len(self._drainers) < self._concurrency:
+        if self._draining < self._concurrency:
+            self._draining += 1
             drainer = asyncio.ensure_future(self._drain())
             self._drainers.add(drainer)
             drainer.add_done_callback(self._drainers.discard)
@@ -81,6 +87,8 @@ class Batcher(Generic[T, R]):
                 future.cancel()
             self._waiting.clear()
             raise
+        finally:  # in the same step as the last look at ``_waiting``: nothing comes between
+            self._draining -= 1
 
     def close(self) -> None:
         """Let the batch threads go once their batches are done (the app stops)."""
