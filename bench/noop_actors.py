@@ -21,6 +21,7 @@ import dramatiq
 from dramatiq.middleware import CurrentMessage
 from sqlalchemy import text
 
+from bench.worker import BARE_CHARGE_ACTOR, NOOP_ACTOR
 from db.engine import session_scope
 from schemas.messages import QUEUE_PROFILES
 from worker import broker, logs, runtime
@@ -29,9 +30,6 @@ from worker.settings import get_settings
 logs.configure(fmt=get_settings().log_format, level=get_settings().log_level)
 broker.setup()
 
-#: the actors' names; bench/worker.py sends them the payloads of ``create_manual_profile``
-NOOP_ACTOR = "noop"
-BARE_CHARGE_ACTOR = "bare_charge"
 #: the reason on the bare charges' ledger entries
 BARE_REASON = "bench: bare charge"
 

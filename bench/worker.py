@@ -45,13 +45,17 @@ from typing import Any
 from sqlalchemy import func, select
 
 from bench._harness import Bench, BenchFailed, CpuSample, bench, cpu_sample, message, send_all
-from bench.noop_actors import BARE_CHARGE_ACTOR, NOOP_ACTOR
 from db import ledger
 from db.engine import session_scope
 from db.models import Balance, ClientProfile, Event, LedgerEntry
 from schemas.messages import QUEUE_OUTCOMES, QUEUE_PROFILES
 
 PROCESSES, THREADS = 2, 8
+#: the actors of ``bench.noop_actors``, which are sent the payloads of
+#: ``create_manual_profile``. Named here: importing that module sets up a broker (and,
+#: with no ``REDIS_URL``, starts the embedded Redis), which only its worker may do
+NOOP_ACTOR = "noop"
+BARE_CHARGE_ACTOR = "bare_charge"
 #: the share of a queue that must be done before the clock starts (process start-up)
 WARM_SHARE = 0.02
 #: seconds between two looks at a queue

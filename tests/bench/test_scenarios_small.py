@@ -9,11 +9,16 @@ asserted here; the figures belong in ``bench/RESULTS.md``.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bench import balance, http, worker
+from worker import embedded, procfile
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -66,3 +71,21 @@ def test_group_commit_bench_creates_everything_at_every_thread_count(services: N
     assert done.returncode == 0, done.stdout + done.stderr
     assert " 6 threads: cpu per message" in done.stdout
     assert "ledger verify: ok: 500 accounts" in done.stdout and "checks: ok" in done.stdout
+
+
+def test_importing_the_scripts_starts_no_embedded_redis(tmp_path: Path) -> None:
+    """The scripts are imported by this suite and by each other: none may set up a broker,
+    which with no ``REDIS_URL`` starts a redis-server under ``VAR_DIR`` that outlives the
+    import (``bench.worker`` once did, through ``bench.noop_actors``, in the checkout's
+    ``var/``)."""
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    env["VAR_DIR"] = str(var)
+    done = subprocess.run([sys.executable, "-c", "import bench.worker, bench.http, "
+                           "bench.balance, bench.drill, bench.group_commit"],
+                          cwd=procfile.ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+    started = (var / "redis.sock").exists()
+    embedded.stop(var)  # had one started, it must not outlive the test
+    assert done.returncode == 0, done.stderr
+    assert not started, "an import started the embedded Redis"
