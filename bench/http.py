@@ -348,11 +348,11 @@ def run(*, seconds: float = 10, connections: int = 16, paced_connections: int = 
                 say(write_batches(b, tag))
                 peaks.append(ingest)
                 ratios.append(ingest.rate / health.rate if health.rate else 0.0)
-                say(f"{prefix}ratio leads / healthz: {ratios[-1]:.2f} target >= "
+                say(f"{prefix}ratio leads / healthz: {ratios[-1]:.3f} target >= "
                     f"{RATIO_TARGET:.2f}: {'met' if ratios[-1] >= RATIO_TARGET else 'NOT met'}")
             ratio = statistics.median(ratios)
             if rounds > 1:
-                say(f"ratio leads / healthz (median of {rounds}): {ratio:.2f} target >= "
+                say(f"ratio leads / healthz (median of {rounds}): {ratio:.3f} target >= "
                     f"{RATIO_TARGET:.2f}: {'met' if ratio >= RATIO_TARGET else 'NOT met'}")
             ingest = sorted(peaks, key=lambda load: load.rate)[(len(peaks) - 1) // 2]
             target = PACED_SHARE * ingest.rate

@@ -330,10 +330,10 @@ def run(*, messages: int, accounts: int, hot_messages: int, hot_credits: int, ro
             wrong.append("ledger verify failed")
     if ratios:
         ratio = statistics.median(ratios)
-        say(f"ratio manual/noop (median of {len(ratios)}): {ratio:.2f} "
+        say(f"ratio manual/noop (median of {len(ratios)}): {ratio:.3f} "
             f"target >= {RATIO_TARGET:.2f}: {'met' if ratio >= RATIO_TARGET else 'NOT met'}")
     hot_ratio = statistics.median(hot_ratios)
-    say(f"ratio hot/spread (median of {len(hot_ratios)}): {hot_ratio:.2f} "
+    say(f"ratio hot/spread (median of {len(hot_ratios)}): {hot_ratio:.3f} "
         f"target >= {HOT_TARGET:.2f}: {'met' if hot_ratio >= HOT_TARGET else 'NOT met'}")
     for line in wrong:
         say(f"WRONG: {line}")
