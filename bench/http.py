@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="measure /healthz then leads this many times; print the median "
                              "ratio, and pace to the median round's leads (one pair's ratio "
-                             "moves by 0.05 from run to run)")
+                             "moved by up to 0.08 between runs of the same code)")
     args = parser.parse_args(argv)
     try:
         return run(seconds=args.seconds, connections=args.connections,
