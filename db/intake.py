@@ -300,7 +300,8 @@ def _create_batch(cursor: psycopg.Cursor[Any],
             "date_of_birth": client.date_of_birth.isoformat() if client.date_of_birth else None,
             "state": client.state, "extra": dict(client.extra), "created_by": msg.created_by})
     rows = cursor.execute(_pyformat(_CREATE_MANUAL_BATCH), {
-        "rows": json.dumps(rows_in), "channel": Channel.manual.value,
+        "rows": json.dumps(rows_in), "accounts": sorted({msg.account_id for _, msg, _ in items}),
+        "channel": Channel.manual.value,
         "refused": Status.refused.value, "created": Status.created.value,
         "reason": INSUFFICIENT_CREDITS, "now": now}).fetchall()
     if rows and rows[0].claimed != len(rows):

@@ -319,13 +319,16 @@ def charge_batch_ctes(*, after_decide: str, gate: str) -> str:
     * ``entry``: a ledger entry per charged event, in order, as :func:`_write`
       writes it.
 
-    Parameters: ``:now``.
+    Parameters: ``:now``, and ``:accounts``, the input's account ids as an array:
+    the balances are found by their key with it (a join on ``input``, whose size
+    the planner cannot know, scanned the whole table twice a batch: 1.5 ms a batch
+    of five with 1,000 accounts, 4.4 ms with 20,000).
     """
     return f"""
 locked AS MATERIALIZED (
     SELECT account_id, period, period_end, unlimited, monthly_remaining, extra_remaining
     FROM balances
-    WHERE account_id IN (SELECT account_id FROM input) AND period_end > :now
+    WHERE account_id = ANY(CAST(:accounts AS text[])) AND period_end > :now
     ORDER BY account_id
     FOR UPDATE
 ), decided AS MATERIALIZED (
@@ -353,7 +356,8 @@ charged AS (
                  count(*) FILTER (WHERE bucket = 'extra') AS extra,
                  count(*) FILTER (WHERE bucket = 'unlimited') AS unlimited
           FROM decided WHERE bucket IS NOT NULL GROUP BY account_id) AS c
-    WHERE b.account_id = c.account_id AND ({gate})
+    WHERE b.account_id = ANY(CAST(:accounts AS text[])) AND b.account_id = c.account_id
+          AND ({gate})
     RETURNING b.account_id
 ), entry AS (
     INSERT INTO ledger_entries (account_id, kind, bucket, amount, period, idempotency_key,

@@ -8,11 +8,11 @@ from datetime import datetime
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import intake, ledger
-from db.engine import session_scope
+from db.engine import make_engine, make_session_factory, session_scope
 from db.intake import Outcome
 from db.models import ClientProfile, Event, LedgerEntry
 from schemas.common import Bucket, Status
@@ -130,6 +130,53 @@ def test_a_batch_renews_an_account_whose_month_has_ended(factory):
     assert balance_of(factory, "a") == (0, 0) and balance_of(factory, "b") == (1, 0)
     assert count(factory, LedgerEntry, LedgerEntry.kind == "grant",
                  LedgerEntry.account_id == "a") == 2
+    verified(factory)
+
+
+def test_the_batch_statement_finds_balances_by_key_not_by_scanning(pg_url):
+    """With thousands of accounts, every plan of the statement (the first ones, and
+    the generic one a prepared statement gets after five runs) reads the batch's
+    balances through the primary key: a scan of the table would cost each batch
+    time in proportion to the number of accounts."""
+    engine = make_engine(pg_url)
+    factory = make_session_factory(engine)
+    setup_account(factory, "a", monthly=50, now=NOW)
+    with engine.begin() as conn:  # 5,000 more accounts on the plan of "a", with no credits
+        conn.execute(text("""
+            INSERT INTO accounts (id, plan_code, pending_plan_code, timezone, changed_at,
+                                  created_at, updated_at)
+            SELECT 'filler-' || g, plan_code, NULL, timezone, changed_at, created_at, updated_at
+            FROM accounts, generate_series(1, 5000) AS g WHERE id = 'a'"""))
+        conn.execute(text("""
+            INSERT INTO balances (account_id, period, period_start, period_end,
+                                  monthly_allowance, unlimited, monthly_used,
+                                  monthly_remaining, extra_remaining, unlimited_used, updated_at)
+            SELECT 'filler-' || g, period, period_start, period_end, monthly_allowance,
+                   unlimited, 0, 0, 0, 0, updated_at
+            FROM balances, generate_series(1, 5000) AS g WHERE account_id = 'a'"""))
+        conn.execute(text("ANALYZE accounts"))
+        conn.execute(text("ANALYZE balances"))
+    engine.dispose()
+    plans: list[str] = []
+
+    @event.listens_for(engine, "connect")
+    def _explain_every_statement(dbapi_conn, _record):  # the server sends each plan
+        dbapi_conn.add_notice_handler(lambda diag: plans.append(diag.message_primary or ""))
+        dbapi_conn.execute("LOAD 'auto_explain'")
+        dbapi_conn.execute("SET auto_explain.log_min_duration = 0")
+        dbapi_conn.execute("SET auto_explain.log_level = notice")
+        dbapi_conn.commit()
+
+    for run in range(8):
+        outcomes = batch(factory, [(manual_payload(account, f"r{run}"), f"m{run}-{account}")
+                                   for account in ("a", "filler-7", "filler-4096")])
+        assert [o.status for o in outcomes] == [Status.created, Status.refused,
+                                                Status.refused]
+    engine.dispose()
+    batch_plans = [p for p in plans if "Insert on client_profiles" in p]
+    assert len(batch_plans) == 8
+    assert not [p for p in batch_plans if "Seq Scan on balances" in p]
+    assert all(p.count("pk_balances") == 2 for p in batch_plans)  # locked, and charged
     verified(factory)
 
 
