@@ -140,7 +140,9 @@ def driver_transaction(engine: Engine, *, autocommit: bool = False) -> Iterator[
     :param autocommit: each statement of the block is a transaction of its own,
         committed by the server before it answers: one round trip where a
         statement and its ``COMMIT`` take two. Only for a block whose writes are
-        one statement (a statement is atomic; a block of several would not be).
+        one statement (a statement is atomic; a block of several would not be),
+        or several sent in one psycopg pipeline, which the server runs as one
+        implicit transaction up to the pipeline's sync.
     """
     dbapi_error = engine.dialect.loaded_dbapi.Error
     try:

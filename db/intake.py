@@ -179,12 +179,13 @@ def create_manual_batch(sessions: sessionmaker[Session],
     locks the balances in account order (so batches that share accounts cannot
     deadlock; the scheduled renewal skips locked rows), claims every event,
     takes the credits and writes the entries and profiles; refusals then let go
-    of their keys. What it leaves goes one by one in a second transaction: a
-    request or message that comes twice in the batch (the second), an account
-    that does not exist or is due a renewal. Should any claim fail (a
-    redelivery, a request seen before), the statement is rolled back and the
-    whole batch goes one by one. On SQLite they all go one by one, in one
-    transaction.
+    of their keys (:data:`_RELEASE`, in the same transaction and the same round
+    trip: :func:`_in_one_round_trip`). What it leaves goes one by one in a second
+    transaction: a request or message that comes twice in the batch (the
+    second), an account that does not exist or is due a renewal. Should any
+    claim fail (a redelivery, a request seen before), the statement fails, so
+    that nothing of it is written, and the whole batch goes one by one. On
+    SQLite they all go one by one, in one transaction.
     """
     engine = sessions.kw["bind"]
     outcomes: dict[int, Outcome] = {}
@@ -197,7 +198,7 @@ def create_manual_batch(sessions: sessionmaker[Session],
             if not keys & seen:
                 seen |= keys
                 first.append(i)
-        outcomes = _in_one_statement(engine, [(i, *batch[i]) for i in first], now) or {}
+        outcomes = _in_one_round_trip(engine, [(i, *batch[i]) for i in first], now) or {}
     rest = [i for i in range(len(batch)) if i not in outcomes]
     if rest:
         with session_scope(sessions) as session:
@@ -205,16 +206,19 @@ def create_manual_batch(sessions: sessionmaker[Session],
     return [outcomes[i] for i in range(len(batch))]
 
 
-def _in_one_statement(engine: Engine, items: list[tuple[int, CreateManualProfile, str | None]],
-                      now: datetime) -> dict[int, Outcome] | None:
-    """:func:`_create_batch` in a transaction of its own on a pooled connection, without
-    an ORM session (which cost more CPU than the statement): committed, or rolled back
-    and None when a claim failed."""
-    with driver_transaction(engine) as driver:
-        decided = _create_batch(driver.cursor(row_factory=namedtuple_row), items, now)
-        if decided is None:
-            driver.rollback()
-    return decided
+def _in_one_round_trip(engine: Engine,
+                       items: list[tuple[int, CreateManualProfile, str | None]],
+                       now: datetime) -> dict[int, Outcome] | None:
+    """:func:`_create_batch` on a pooled connection, without an ORM session (which cost
+    more CPU than the statement): committed, or None when a claim failed (then
+    nothing of it was written, and the connection goes back to the pool)."""
+    with driver_transaction(engine, autocommit=True) as driver:
+        try:
+            return _create_batch(driver, items, now)
+        except psycopg.errors.InvalidTextRepresentation as exc:
+            if _CLAIM_FAILED not in str(exc):
+                raise
+            return None
 
 
 def _one_by_one(session: Session, batch: Sequence[tuple[CreateManualProfile, str | None]],
@@ -235,6 +239,10 @@ def _compact(sql: str) -> str:
 
 #: every claim of the batch held
 _GATE = "(SELECT count(*) FROM claim) = (SELECT count(*) FROM decided)"
+#: the text of the error :data:`_CREATE_MANUAL_BATCH` fails with when a claim did not
+#: hold (SQL has no ``RAISE`` outside a function: casting it to an integer fails, and a
+#: statement that fails has written nothing)
+_CLAIM_FAILED = "a claim of the batch did not hold"
 #: the input of :data:`_CREATE_MANUAL_BATCH`: one JSON array of rows, one parameter
 _BATCH_COLUMNS = {
     "n": "int", "event_id": "text", "account_id": "text", "dedupe_key": "text",
@@ -245,7 +253,8 @@ _BATCH_COLUMNS = {
 #: PostgreSQL: a batch of manual creations in one statement (see
 #: :func:`create_manual_batch`). The events are claimed as ``created`` or
 #: ``refused`` as decided; the balances, entries and profiles are written only
-#: if every claim held (``gate``). One row per event of a locked account.
+#: if every claim held (``gate``), and the statement fails if one did not. One
+#: row per event of a locked account.
 _CREATE_MANUAL_BATCH = text(_compact("""WITH input AS MATERIALIZED (
     SELECT * FROM json_to_recordset(CAST(:rows AS json)) AS t(""" + ", ".join(  # noqa: S608
         f"{name} {kind}" for name, kind in _BATCH_COLUMNS.items()) + """)
@@ -270,18 +279,28 @@ claim AS (
     FROM decided WHERE bucket IS NOT NULL AND ({_GATE})
 )
 SELECT n, bucket, monthly_after, extra_after, period_end,
-       (SELECT count(*) FROM claim) AS claimed
+       CAST(CASE WHEN {_GATE} THEN NULL ELSE '{_CLAIM_FAILED}' END AS int) AS gate_held
 FROM decided
 """))  # noqa: S608 (only code's own fragments go in)
-_RELEASE = text("UPDATE events SET dedupe_key = NULL WHERE id = ANY(CAST(:ids AS text[]))")
+#: the refusals of a batch let go of their keys (run after the statement, which they
+#: cannot see from inside it); ``ids`` are all of the batch's events
+_RELEASE = text("UPDATE events SET dedupe_key = NULL"
+                " WHERE id = ANY(CAST(:ids AS text[])) AND status = :refused")
 
 
-def _create_batch(cursor: psycopg.Cursor[Any],
+def _create_batch(driver: psycopg.Connection[Any],
                   items: list[tuple[int, CreateManualProfile, str | None]],
-                  now: datetime) -> dict[int, Outcome] | None:
-    """:data:`_CREATE_MANUAL_BATCH` for ``items`` (index, message, message id), whose
-    requests and message ids are distinct; the outcome of each item it decided,
-    by index, or None when a claim failed (the caller rolls back)."""
+                  now: datetime) -> dict[int, Outcome]:
+    """:data:`_CREATE_MANUAL_BATCH` then :data:`_RELEASE` for ``items`` (index, message,
+    message id), whose requests and message ids are distinct; the outcome of each
+    item it decided, by index.
+
+    ``driver`` is in autocommit, and both statements go in one pipeline: the server
+    runs what comes before the pipeline's one sync as one implicit transaction
+    (committed at the sync, or rolled back whole if a statement fails), in one
+    round trip where ``BEGIN``, the statement and ``COMMIT`` took three (four with a
+    refusal).
+    """
     rows_in: list[dict[str, Any]] = []
     by_n: dict[int, tuple[int, Outcome]] = {}
     for n, (i, msg, message_id) in enumerate(items, start=1):
@@ -299,15 +318,20 @@ def _create_batch(cursor: psycopg.Cursor[Any],
             "email": client.email, "phone": client.phone,
             "date_of_birth": client.date_of_birth.isoformat() if client.date_of_birth else None,
             "state": client.state, "extra": dict(client.extra), "created_by": msg.created_by})
-    rows = cursor.execute(_pyformat(_CREATE_MANUAL_BATCH), {
-        "rows": json.dumps(rows_in), "accounts": sorted({msg.account_id for _, msg, _ in items}),
-        "channel": Channel.manual.value,
-        "refused": Status.refused.value, "created": Status.created.value,
-        "reason": INSUFFICIENT_CREDITS, "now": now}).fetchall()
-    if rows and rows[0].claimed != len(rows):
-        return None
+    cursor: psycopg.Cursor[Any] = driver.cursor(row_factory=namedtuple_row)
+    with driver.pipeline():
+        cursor.execute(_pyformat(_CREATE_MANUAL_BATCH), {
+            "rows": json.dumps(rows_in),
+            "accounts": sorted({msg.account_id for _, msg, _ in items}),
+            "channel": Channel.manual.value, "refused": Status.refused.value,
+            "created": Status.created.value, "reason": INSUFFICIENT_CREDITS, "now": now})
+        # never prepared: when the statement before it fails, the server skips this one,
+        # and psycopg (3.3.9) would still take it for prepared and name it next time
+        driver.execute(_pyformat(_RELEASE), {
+            "ids": [row["event_id"] for row in rows_in], "refused": Status.refused.value},
+            prepare=False)
+    rows = cursor.fetchall()
     decided: dict[int, Outcome] = {}
-    refused: list[str] = []
     for row in rows:
         i, outcome = by_n[row.n]
         if row.bucket is None:
@@ -316,12 +340,9 @@ def _create_batch(cursor: psycopg.Cursor[Any],
             outcome.remaining = Remaining(monthly_remaining=row.monthly_after,
                                           extra_remaining=row.extra_after,
                                           renews_at=row.period_end.astimezone(UTC))
-            refused.append(outcome.event_id)
         else:
             outcome.charged_bucket = Bucket(row.bucket)
         decided[i] = outcome
-    if refused:
-        cursor.execute(_pyformat(_RELEASE), {"ids": refused})
     return decided
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 from datetime import datetime
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import intake, ledger
@@ -178,6 +180,52 @@ def test_the_batch_statement_finds_balances_by_key_not_by_scanning(pg_url):
     assert not [p for p in batch_plans if "Seq Scan on balances" in p]
     assert all(p.count("pk_balances") == 2 for p in batch_plans)  # locked, and charged
     verified(factory)
+
+
+def test_the_batch_and_its_release_commit_together_or_not_at_all(pg_url, monkeypatch):
+    """PostgreSQL: the statement and the release of the refusals' keys are one
+    transaction (one pipeline, one sync): when the release fails, the charges,
+    events and profiles of the statement before it are not written either."""
+    engine = make_engine(pg_url)
+    factory = make_session_factory(engine)
+    setup_account(factory, "a", monthly=1, now=NOW)
+    monkeypatch.setattr(intake, "_RELEASE", text(
+        "UPDATE events SET dedupe_key = NULL WHERE id = ANY(CAST(:ids AS text[]))"
+        " AND status = :refused AND 1 / (SELECT count(*) - count(*) FROM events) = 1"))
+    with pytest.raises(DBAPIError, match="division by zero"):
+        batch(factory, [(manual_payload("a", "r1"), "m1"), (manual_payload("a", "r2"), "m2")])
+    assert count(factory, Event) == 0 and count(factory, ClientProfile) == 0
+    assert balance_of(factory, "a") == (1, 0)
+    monkeypatch.undo()
+    outcomes = batch(factory, [(manual_payload("a", "r1"), "m1"), (manual_payload("a", "r2"),
+                                                                    "m2")])
+    assert [o.status for o in outcomes] == [Status.created, Status.refused]
+    verified(factory)
+    engine.dispose()
+
+
+def test_claims_that_fail_keep_the_connection_good_and_pooled(pg_url):
+    """The statement fails on purpose when a claim does not hold. Its connection goes
+    back to the pool (a new one costs milliseconds) and still works, however often
+    that happens: past psycopg's threshold for preparing the statements it runs."""
+    engine = make_engine(pg_url, pool_size=1)
+    factory = make_session_factory(engine)
+    setup_account(factory, "a", monthly=20, now=NOW)
+    create(factory, manual_payload("a", "old"), now=NOW, message_id="m-old")
+    connects: list[object] = []
+    event.listen(engine, "connect", lambda conn, _record: connects.append(conn))
+    invalidated: list[object] = []
+    event.listen(engine, "invalidate", lambda conn, _record, _exc: invalidated.append(conn))
+    for run, again in enumerate([False] * 5 + [True, False] + [True] * 3 + [False]):
+        items = [(manual_payload("a", f"new-{run}"), f"m{run}")]
+        if again:  # the first message of "old", delivered again
+            items.append((manual_payload("a", "old"), "m-old"))
+        outcomes = batch(factory, items)
+        assert [o.status for o in outcomes] == [Status.created] * len(items)
+    assert invalidated == [] and connects == []
+    assert count(factory, Event) == 12
+    verified(factory)
+    engine.dispose()
 
 
 # -- property: a batch is the same as one by one ------------------------------------------
