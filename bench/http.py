@@ -1,10 +1,11 @@
 """Benchmark: signed webhook leads against ``/healthz`` of the same web process, in one run.
 
-    python -m bench.http [--seconds 10] [--connections 16] [--paced-connections 8] [--rounds 3]
+    python -m bench.http [--seconds 10] [--connections 32] [--paced-connections 16] [--rounds 3]
 
 Starts the Procfile's ``web`` line on a scratch database and broker namespace,
 registers a funnel source with ``casecredits source add ... --json``, and drives
-the server with ``wrk`` (one thread, so it keeps to one core) and a Lua script:
+the server with ``wrk`` (one thread, so it keeps to one core) and a Lua script,
+each endpoint with the same number of connections:
 
 1. ``GET /healthz`` as fast as it answers: the ceiling of the process;
 2. ``POST /v1/hooks/{source_id}`` with Standard Webhooks-signed JSON leads, each
@@ -12,6 +13,13 @@ the server with ``wrk`` (one thread, so it keeps to one core) and a Lua script:
 3. the same leads paced to 70% of the rate of 2 (``wrk``'s per-request delay,
    calibrated in short runs first), for the latency under a busy but not
    saturated load.
+
+A peak is the rate of an endpoint with enough connections to keep the web
+process busy: 32 by default. ``/healthz`` is as fast with 16 as with 64
+connections, but with 16 the leads spent part of their time waiting on their
+write batch's round trips, with the process at 83 to 86% of a core, and their
+rate rose with every connection added (0.45, 0.57 and 0.63 of ``/healthz`` with
+16, 32 and 64 in ``bench/RESULTS.md``, "Sixth session").
 
 Prints requests/s, p50 and p99 for each, and the ratio of 2 to 1. Then checks
 that the event id of every ``202`` is a stored event of that source, and that
@@ -306,7 +314,7 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
     return load, accepted + load.accepted, runs
 
 
-def run(*, seconds: float = 10, connections: int = 16, paced_connections: int = 8,
+def run(*, seconds: float = 10, connections: int = 32, paced_connections: int = 16,
         rounds: int = 1, out: Any = None) -> int:
     """Run the benchmark; print its lines to ``out``; 0 when every check holds, else 1."""
     out = out or sys.stdout
@@ -384,8 +392,11 @@ def run(*, seconds: float = 10, connections: int = 16, paced_connections: int = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--paced-connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=32,
+                        help="wrk's connections for both peaks (see the docstring)")
+    parser.add_argument("--paced-connections", type=int, default=16,
+                        help="wrk's connections for the paced run: enough to reach 70%% of "
+                             "the leads' peak")
     parser.add_argument("--rounds", type=int, default=3,
                         help="measure /healthz then leads this many times; print the median "
                              "ratio, and pace to the median round's leads (one pair's ratio "
