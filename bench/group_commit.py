@@ -1,6 +1,6 @@
 """Manual creations in one process, by 1 to 16 threads: what the group commit saves.
 
-    python -m bench.group_commit [--messages 4000] [--threads 1,2,4,8,16]
+    python -m bench.group_commit [--messages 4000] [--threads 1,2,4,8,16] [--accounts 500]
 
 No broker consumer and no worker processes: each thread calls the handler the
 ``create_manual_profile`` actor calls (parse, create with whatever the other
@@ -10,7 +10,9 @@ it prints the CPU this process spent per message, the messages per batch and
 the rate. The threads of a batch share one transaction, one statement and one
 round trip to Redis, so the CPU per message falls as batches grow; dramatiq's own
 cost (see ``bench/worker.py``'s no-op actor) comes on top in the real worker.
-Then it checks every outcome and runs ``ledger verify``.
+Then it checks every outcome and runs ``ledger verify``. With ``--accounts`` in
+the tens of thousands it shows whether a batch's cost grows with the number of
+accounts (it should not: the balances are found by key).
 """
 
 from __future__ import annotations
@@ -66,11 +68,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=4000)
     parser.add_argument("--threads", default="1,2,4,8,16")
+    parser.add_argument("--accounts", type=int, default=ACCOUNTS)
     args = parser.parse_args(argv)
     counts = [int(t) for t in args.threads.split(",")]
     with bench("group_commit") as b:
-        ids = setup_spread(b, accounts=ACCOUNTS,
-                           allowance=args.messages * len(counts) // ACCOUNTS + 10)
+        ids = setup_spread(b, accounts=args.accounts,
+                           allowance=args.messages * len(counts) // args.accounts + 10)
         os.environ.update(b.env)
         from worker import broker, logs, runtime
 
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.configure(fmt="json", level="INFO")  # the outcome lines, as the worker writes them
         broker.setup()
         stderr, sys.stderr = sys.stderr, open(os.devnull, "w")  # noqa: SIM115 (restored below)
-        print(f"group commit bench: {args.messages} creations over {ACCOUNTS} accounts in "
+        print(f"group commit bench: {args.messages} creations over {args.accounts} accounts in "
               "one process, per thread count", flush=True)
         try:
             run_threads(b, ids, messages=50, threads=1, tag="warm")

@@ -17,9 +17,8 @@ each endpoint with the same number of connections:
 A peak is the rate of an endpoint with enough connections to keep the web
 process busy: 32 by default. ``/healthz`` is as fast with 16 as with 64
 connections, but with 16 the leads spent part of their time waiting on their
-write batch's round trips, with the process at 83 to 86% of a core, and their
-rate rose with every connection added (0.45, 0.57 and 0.63 of ``/healthz`` with
-16, 32 and 64 in ``bench/RESULTS.md``, "Sixth session").
+write batch's round trips, with the process at about 85% of a core, and their
+rate rose with every connection added (``bench/RESULTS.md``, "Sixth session").
 
 Prints requests/s, p50 and p99 for each, and the ratio of 2 to 1. Then checks
 that the event id of every ``202`` is a stored event of that source, and that
