@@ -67,20 +67,36 @@ def publish(outcome: Outcome) -> None:
 
 def create_manual_profile(payload: Any, *, message_id: str | None) -> Outcome:
     """Parse, then create and publish together with what other threads of this process
-    create meanwhile (one transaction, one round trip to Redis: :mod:`worker.batching`)."""
+    create meanwhile (one transaction, one round trip to Redis: :mod:`worker.batching`).
+    A profile created is logged with its batch; any other outcome on a line of its own."""
     msg = parse(CreateManualProfile, payload, channel=Channel.manual, message_id=message_id)
     outcome = _manual_batches().submit((msg, message_id))
-    _log_outcome(outcome)
+    if outcome.status is Status.created:
+        metrics.count_outcome(outcome)
+    else:
+        _log_outcome(outcome)
     return outcome
 
 
 def _create_manual_batch(batch: Sequence[tuple[CreateManualProfile, str | None]]
                          ) -> list[Outcome]:
     """The batch's creations, committed (:func:`db.intake.create_manual_batch`: one
-    statement on PostgreSQL), then their outcomes in one round trip to Redis."""
+    statement on PostgreSQL), then their outcomes in one round trip to Redis, then one
+    line for the profiles created (``profiles.created``: a line a creation cost the
+    worker 4 to 12% of its rate, measured in ``bench/RESULTS.md``, "Sixth session").
+    The line is written by the thread that ran the batch, under its own message id."""
     outcomes = intake.create_manual_batch(runtime.sessions(), batch, now=runtime.now())
     broker_mod.publish_many(QUEUE_OUTCOMES, "profile_outcome",
                             [o.message().model_dump(mode="json") for o in outcomes])
+    created = [(o, message_id) for o, (_, message_id) in zip(outcomes, batch, strict=True)
+               if o.status is Status.created]
+    if created:
+        log.info("profiles.created", profiles=len(created),
+                 event_ids=[o.event_id for o, _ in created],
+                 message_ids=[message_id for _, message_id in created],
+                 account_ids=[o.account_id for o, _ in created],
+                 charged_buckets=[o.charged_bucket.value if o.charged_bucket else None
+                                  for o, _ in created])
     return outcomes
 
 

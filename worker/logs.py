@@ -29,8 +29,8 @@ PERSONAL_FIELDS = frozenset({
 REDACTED = "[redacted]"
 #: fields we write ourselves and that hold no personal data: ids we generate, and
 #: names from a fixed set (a source id read from a URL is scrubbed where it is logged)
-SAFE_FIELDS = frozenset({"timestamp", "level", "logger", "message_id", "event_id",
-                         "event_ids", "source_id", "source_ids", "channel"})
+SAFE_FIELDS = frozenset({"timestamp", "level", "logger", "message_id", "message_ids",
+                         "event_id", "event_ids", "source_id", "source_ids", "channel"})
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 _PHONE = re.compile(
     r"(?<![\w+])\+\d{7,15}(?!\w)"  # E.164

@@ -142,7 +142,8 @@ def test_no_personal_data_reaches_the_logs(env, sessions, tmp_path):
             printed += [done.stdout, done.stderr]
     main.close()
     text = "\n".join(path.read_text(errors="replace") for path in logs)
-    assert "event.outcome" in text and "message.dead_lettered" in text  # the paths ran
+    for path in ("profiles.created", "event.outcome", "message.dead_lettered"):
+        assert path in text  # the paths ran
     for where, corpus in (("logs", text), ("command output", "\n".join(printed[8:]))):
         found = [n for n in NEEDLES if re.search(re.escape(n), corpus, re.IGNORECASE)]
         assert not found, f"personal data in the {where}: {found}: " + _context(corpus, found)
