@@ -1,6 +1,6 @@
 """Benchmark: signed webhook leads against ``/healthz`` of the same web process, in one run.
 
-    python -m bench.http [--seconds 10] [--connections 32] [--paced-connections 16] [--rounds 3]
+    python -m bench.http [--seconds 10] [--connections 32] [--paced-connections 24] [--rounds 3]
 
 Starts the Procfile's ``web`` line on a scratch database and broker namespace,
 registers a funnel source with ``casecredits source add ... --json``, and drives
@@ -11,8 +11,8 @@ each endpoint with the same number of connections:
 2. ``POST /v1/hooks/{source_id}`` with Standard Webhooks-signed JSON leads, each
    with its own ``webhook-id`` (signed here just before the run), as fast as it answers;
 3. the same leads paced to 70% of the rate of 2 (``wrk``'s per-request delay,
-   calibrated in short runs first), for the latency under a busy but not
-   saturated load.
+   calibrated in short runs first, and run once more a little faster if it
+   falls short), for the latency under a busy but not saturated load.
 
 A peak is the rate of an endpoint with enough connections to keep the web
 process busy: 32 by default. ``/healthz`` is as fast with 16 as with 64
@@ -61,6 +61,9 @@ P99_TARGET_MS = 50.0
 CALIBRATIONS = 5
 #: seconds of each calibration run of the paced load
 CALIBRATE_S = 4
+#: a paced run below this share of its target is run once more (its p99 would not be at
+#: 70% of the peak)
+SHORT_OF_TARGET = 0.97
 
 #: the Lua for wrk: pre-formatted requests read from a file (or one GET), the
 #: status of every answer counted, the event id of every 202 kept and written out
@@ -307,15 +310,23 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
             delay_ms = max(0.0, connections / target * 1000 - latency_ms)
     else:  # none close enough: the delay that came closest, at or above the target first
         delay_ms = min(tried, key=lambda t: (t[1] < target, abs(t[1] - target)))[0]
-    leads = b.workdir / "paced.tsv"
-    sign_leads(leads, secret=secret, count=int(target * seconds * 2) + 100,
-               tag=f"paced-{uuid.uuid4().hex[:6]}")
-    load = wrk(b, url, name=f"ingest at {PACED_SHARE:.0%} of peak", seconds=seconds,
-               connections=connections, requests=leads, delay_ms=delay_ms)
+    for attempt in range(2):  # once more, a little faster, if the run fell short
+        leads = b.workdir / f"paced-run-{attempt}.tsv"
+        sign_leads(leads, secret=secret, count=int(target * seconds * 2) + 100,
+                   tag=f"paced{attempt}-{uuid.uuid4().hex[:6]}")
+        load = wrk(b, url, name=f"ingest at {PACED_SHARE:.0%} of peak", seconds=seconds,
+                   connections=connections, requests=leads, delay_ms=delay_ms)
+        if load.rate >= SHORT_OF_TARGET * target or attempt == 1:
+            break
+        accepted += load.accepted
+        runs += 1
+        say(f"  {load.rate:.0f} req/s, short of {target:.0f}: once more, faster")
+        # a connection's cycle is its delay plus the latency: shorten it by what it missed
+        delay_ms = max(0.0, delay_ms - connections * 1000 * (1 / max(load.rate, 1.0) - 1 / target))
     return load, accepted + load.accepted, runs
 
 
-def run(*, seconds: float = 10, connections: int = 32, paced_connections: int = 16,
+def run(*, seconds: float = 10, connections: int = 32, paced_connections: int = 24,
         rounds: int = 1, out: Any = None) -> int:
     """Run the benchmark; print its lines to ``out``; 0 when every check holds, else 1."""
     out = out or sys.stdout
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=32,
                         help="wrk's connections for both peaks (see the docstring)")
-    parser.add_argument("--paced-connections", type=int, default=16,
+    parser.add_argument("--paced-connections", type=int, default=24,
                         help="wrk's connections for the paced run: enough to reach 70%% of "
                              "the leads' peak")
     parser.add_argument("--rounds", type=int, default=3,
