@@ -305,9 +305,9 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
         if fast and slow:  # bracketed: interpolate between the closest on each side
             (d_fast, r_fast), (d_slow, r_slow) = max(fast), min(slow)
             delay_ms = d_fast + (r_fast - target) * (d_slow - d_fast) / (r_fast - r_slow)
-        else:  # a connection's cycle is its delay plus the answer's latency
-            latency_ms = connections / max(load.rate, 1.0) * 1000 - delay_ms
-            delay_ms = max(0.0, connections / target * 1000 - latency_ms)
+        else:
+            delay_ms = _delay_toward(target, delay_ms=delay_ms, rate=load.rate,
+                                     connections=connections)
     else:  # none close enough: the delay that came closest, at or above the target first
         delay_ms = min(tried, key=lambda t: (t[1] < target, abs(t[1] - target)))[0]
     for attempt in range(2):  # once more, a little faster, if the run fell short
@@ -321,9 +321,16 @@ def paced(b: Bench, url: str, *, target: float, seconds: float, connections: int
         accepted += load.accepted
         runs += 1
         say(f"  {load.rate:.0f} req/s, short of {target:.0f}: once more, faster")
-        # a connection's cycle is its delay plus the latency: shorten it by what it missed
-        delay_ms = max(0.0, delay_ms - connections * 1000 * (1 / max(load.rate, 1.0) - 1 / target))
+        delay_ms = _delay_toward(target, delay_ms=delay_ms, rate=load.rate,
+                                 connections=connections)
     return load, accepted + load.accepted, runs
+
+
+def _delay_toward(target: float, *, delay_ms: float, rate: float, connections: int) -> float:
+    """The delay that would have given ``target`` req/s where ``delay_ms`` gave ``rate``:
+    a connection's cycle is its delay plus the answer's latency, taken as unchanged."""
+    latency_ms = connections / max(rate, 1.0) * 1000 - delay_ms
+    return max(0.0, connections / target * 1000 - latency_ms)
 
 
 def run(*, seconds: float = 10, connections: int = 32, paced_connections: int = 24,
